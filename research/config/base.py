@@ -1,0 +1,89 @@
+"""`base_config()`: every config key with its default. Experiments override what they change.
+
+A key that is not here is unknown, and validation rejects it. The keys `seed`, `train.num_steps`,
+`train.batch_size`, `train.seq_len`, `train.log_every`, `train.eval_every`,
+`optimizer.learning_rate`, `mesh.shape` and `data.path` are a public contract.
+"""
+import ml_collections
+
+from research.sharding.rules import DEFAULT_RULES
+
+
+def model_defaults() -> ml_collections.ConfigDict:
+  """Architecture keys; `research.models.presets` fills them for published models."""
+  m = ml_collections.ConfigDict()
+  m.family = "gpt2"            # gpt2 | llama (a label; the switches below define the network)
+  m.vocab_size = 0             # 0: take the tokenizer's vocabulary size (rounded up, see below)
+  m.vocab_multiple = 64        # when vocab_size is 0, round the tokenizer's size up to this
+  m.max_seq_len = 1024         # context length (size of the learned position table)
+  m.num_layers = 12
+  m.embed_dim = 768
+  m.num_heads = 12
+  m.num_kv_heads = 0           # 0: same as num_heads (multi-head); fewer: grouped-query attention
+  m.head_dim = 0               # 0: embed_dim // num_heads
+  m.mlp_dim = 0                # 0: 4 * embed_dim
+  m.mlp_activation = "gelu_tanh"  # gelu_tanh | gelu | relu | swiglu
+  m.norm = "layernorm"         # layernorm | rmsnorm
+  m.norm_eps = 1e-5
+  m.use_bias = True
+  m.position = "learned"       # learned | rope
+  m.rope_theta = 10000.0
+  m.tie_embeddings = True
+  m.dropout = 0.0              # residual, attention-output and embedding dropout (train only)
+  m.attention_impl = "xla"     # xla (everywhere) | cudnn (GPU only)
+  m.init_std = 0.02
+  m.dtype = "float32"          # compute dtype of activations and matmuls: float32 | bfloat16
+  m.param_dtype = "float32"    # storage dtype of parameters (and optimizer state)
+  return m
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = model_defaults()
+
+  c.data = ml_collections.ConfigDict()
+  c.data.path = ""               # a text file, a directory (its *.txt) or a glob
+  c.data.val_files = ()          # file names / globs (matched on the name) held out for validation
+  c.data.val_fraction = 0.1      # when val_files is empty: the last fraction of each file's text
+  c.data.tokenizer = "byte"      # byte | sentencepiece
+  c.data.vocab_size = 4096       # sentencepiece: size of the trained vocabulary
+  c.data.spm_model_type = "unigram"  # sentencepiece: unigram | bpe | char | word
+  c.data.spm_model_file = ""     # sentencepiece: load this .model instead of training one
+  c.data.cache_dir = ""          # tokenizers and token arrays; "": $RESEARCH_CACHE or ~/.cache/research
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 1000
+  c.train.batch_size = 32        # global batch, in sequences
+  c.train.seq_len = 256
+  c.train.microbatches = 1       # gradient accumulation: the batch is split into this many steps
+  c.train.log_every = 10
+  c.train.eval_every = 200       # 0: only at the end
+  c.train.eval_batches = 20      # batches of train.batch_size sequences per evaluation (0: whole split)
+  c.train.nonfinite = "stop"     # on a NaN/Inf loss or gradient: stop | skip (skip the update, count it)
+  c.train.sample_at_end = 3      # lines sampled from the model when training ends (0: none)
+  c.train.sample_tokens = 64
+  c.train.sample_temperature = 0.8
+  c.train.tensorboard = True
+  c.train.progress = True        # a live progress line on the terminal
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.learning_rate = 3e-4   # peak learning rate
+  c.optimizer.schedule = "warmup_cosine"  # warmup_cosine | warmup_linear | wsd | constant
+  c.optimizer.warmup_steps = 100
+  c.optimizer.final_learning_rate = 3e-5  # reached at optimizer.decay_steps (ignored by constant)
+  c.optimizer.decay_steps = 0        # step at which decay ends; 0: train.num_steps
+  c.optimizer.wsd_decay_fraction = 0.2  # wsd: the last fraction of decay_steps spent decaying
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.95
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.1
+  # Parameters whose path (e.g. "blocks/0/attn/qkv/bias") matches any of these regexes get no
+  # weight decay. Default: norms, biases, embeddings (token and position).
+  c.optimizer.no_decay = (r"_norm/", r"/bias$", r"^(embed|pos_embed)/")
+  c.optimizer.grad_clip_norm = 1.0   # 0: no clipping
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (-1, 1, 1)          # (data, fsdp, tensor); one entry may be -1 ("the rest")
+  c.mesh.rules = tuple((name, axes) for name, axes in DEFAULT_RULES)
+  return c

@@ -1,0 +1,158 @@
+"""Validation of a resolved config, before anything is built or compiled.
+
+Every failure is a `ConfigError` whose message is one line naming the key and what is allowed.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from research.config.base import base_config
+from research.sharding.mesh import MESH_AXES, resolve_mesh_shape
+
+
+class ConfigError(ValueError):
+  """A config key holds something it may not; the message names the key and the allowed values."""
+
+
+CHOICES = {
+    "model.family": ("gpt2", "llama"),
+    "model.mlp_activation": ("gelu_tanh", "gelu", "relu", "swiglu"),
+    "model.norm": ("layernorm", "rmsnorm"),
+    "model.position": ("learned", "rope"),
+    "model.attention_impl": ("xla", "cudnn"),
+    "model.dtype": ("float32", "bfloat16"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "data.tokenizer": ("byte", "sentencepiece"),
+    "data.spm_model_type": ("unigram", "bpe", "char", "word"),
+    "train.nonfinite": ("stop", "skip"),
+    "optimizer.schedule": ("warmup_cosine", "warmup_linear", "wsd", "constant"),
+}
+POSITIVE = ("model.max_seq_len", "model.num_layers", "model.embed_dim", "model.num_heads",
+            "model.vocab_multiple", "train.num_steps", "train.batch_size", "train.seq_len",
+            "train.microbatches", "train.log_every", "data.vocab_size")
+NON_NEGATIVE = ("model.vocab_size", "model.num_kv_heads", "model.head_dim", "model.mlp_dim",
+                "train.eval_every", "train.eval_batches", "train.sample_at_end",
+                "train.sample_tokens", "optimizer.warmup_steps", "optimizer.decay_steps",
+                "optimizer.weight_decay", "optimizer.grad_clip_norm", "model.dropout",
+                "optimizer.final_learning_rate")
+
+
+def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in cfg.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      out.update(_flatten(value, name + "."))
+    else:
+      out[name] = value
+  return out
+
+
+def _type_ok(default: Any, value: Any) -> bool:
+  if isinstance(default, bool):
+    return isinstance(value, bool)
+  if isinstance(default, int):
+    return isinstance(value, int) and not isinstance(value, bool)
+  if isinstance(default, float):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if isinstance(default, str):
+    return isinstance(value, str)
+  if isinstance(default, (tuple, list)):
+    return isinstance(value, (tuple, list))
+  return True
+
+
+def _type_name(default: Any) -> str:
+  return {bool: "a bool", int: "an int", float: "a number", str: "a string",
+          tuple: "a tuple", list: "a list"}.get(type(default), type(default).__name__)
+
+
+def validate_config(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises ConfigError on the first problem found; returns None when the config is usable."""
+  schema = _flatten(base_config())
+  values = _flatten(cfg)
+  for key in values:
+    if key not in schema:
+      close = [k for k in schema if k.split(".")[-1] == key.split(".")[-1]]
+      hint = f" (did you mean {close[0]}?)" if close else ""
+      raise ConfigError(f"unknown config key {key}{hint}; see research/config/base.py for all keys")
+  for key, default in schema.items():
+    if key not in values:
+      raise ConfigError(f"config key {key} is missing; experiments must start from base_config()")
+    if not _type_ok(default, values[key]):
+      raise ConfigError(f"{key}={values[key]!r} must be {_type_name(default)}")
+  for key, allowed in CHOICES.items():
+    if values[key] not in allowed:
+      raise ConfigError(f"{key}={values[key]!r} is not one of {', '.join(allowed)}")
+  for key in POSITIVE:
+    if values[key] <= 0:
+      raise ConfigError(f"{key}={values[key]} must be > 0")
+  for key in NON_NEGATIVE:
+    if values[key] < 0:
+      raise ConfigError(f"{key}={values[key]} must be >= 0")
+
+  m, t, o = cfg.model, cfg.train, cfg.optimizer
+  if not 0.0 <= m.dropout < 1.0:
+    raise ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
+  if m.head_dim == 0 and m.embed_dim % m.num_heads:
+    raise ConfigError(f"model.num_heads={m.num_heads} does not divide model.embed_dim={m.embed_dim}; "
+                      f"choose a divisor of {m.embed_dim} or set model.head_dim")
+  kv = m.num_kv_heads or m.num_heads
+  if m.num_heads % kv:
+    raise ConfigError(f"model.num_kv_heads={kv} must divide model.num_heads={m.num_heads}")
+  head_dim = m.head_dim or m.embed_dim // m.num_heads
+  if m.position == "rope" and head_dim % 2:
+    raise ConfigError(f"model.position=rope needs an even head dimension, got {head_dim}")
+  if m.mlp_activation == "swiglu" and m.mlp_dim == 0:
+    raise ConfigError("model.mlp_activation=swiglu needs an explicit model.mlp_dim (e.g. 8/3 * embed_dim)")
+  if m.attention_impl == "cudnn":
+    import jax
+    if jax.default_backend() != "gpu":
+      raise ConfigError(f"model.attention_impl=cudnn needs a GPU, this run is on {jax.default_backend()}; use xla")
+  if t.seq_len > m.max_seq_len:
+    raise ConfigError(f"train.seq_len={t.seq_len} exceeds the model's context model.max_seq_len="
+                      f"{m.max_seq_len}")
+  if t.batch_size % t.microbatches:
+    raise ConfigError(f"train.microbatches={t.microbatches} must divide train.batch_size={t.batch_size}")
+
+  try:
+    shape = resolve_mesh_shape(cfg.mesh.shape, num_devices)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  batch_shards = shape[MESH_AXES.index("data")] * shape[MESH_AXES.index("fsdp")]
+  micro = t.batch_size // t.microbatches
+  if micro % batch_shards:
+    raise ConfigError(
+        f"train.batch_size={t.batch_size} / train.microbatches={t.microbatches} = {micro} sequences "
+        f"per microbatch is not divisible by the data x fsdp mesh axes ({batch_shards}); "
+        f"choose a multiple of {batch_shards} or another mesh.shape")
+  for i, rule in enumerate(cfg.mesh.rules):
+    if len(rule) != 2 or not isinstance(rule[0], str):
+      raise ConfigError(f"mesh.rules[{i}]={rule!r} must be (logical_name, mesh_axes)")
+    axes = () if rule[1] is None else (rule[1],) if isinstance(rule[1], str) else tuple(rule[1])
+    bad = [a for a in axes if a not in MESH_AXES]
+    if bad:
+      raise ConfigError(f"mesh.rules[{i}]={tuple(rule)!r} names mesh axis {bad[0]!r}; "
+                        f"mesh axes are {', '.join(MESH_AXES)}")
+
+  if o.learning_rate <= 0:
+    raise ConfigError(f"optimizer.learning_rate={o.learning_rate} must be > 0")
+  if o.final_learning_rate > o.learning_rate:
+    raise ConfigError(f"optimizer.final_learning_rate={o.final_learning_rate} must not exceed "
+                      f"optimizer.learning_rate={o.learning_rate}")
+  decay_steps = o.decay_steps or t.num_steps
+  if o.schedule != "constant" and o.warmup_steps >= decay_steps:
+    raise ConfigError(f"optimizer.warmup_steps={o.warmup_steps} must be below the decay end "
+                      f"(optimizer.decay_steps or train.num_steps = {decay_steps})")
+  if not 0.0 < o.wsd_decay_fraction <= 1.0:
+    raise ConfigError(f"optimizer.wsd_decay_fraction={o.wsd_decay_fraction} must be in (0, 1]")
+  if not 0.0 <= o.b1 < 1.0 or not 0.0 <= o.b2 < 1.0:
+    raise ConfigError(f"optimizer.b1={o.b1}, optimizer.b2={o.b2} must be in [0, 1)")
+  if not 0.0 < cfg.data.val_fraction < 1.0:
+    raise ConfigError(f"data.val_fraction={cfg.data.val_fraction} must be in (0, 1)")
+  if not cfg.data.path:
+    raise ConfigError("data.path is empty; give a text file, a directory or a glob")
+  if t.sample_temperature < 0:
+    raise ConfigError(f"train.sample_temperature={t.sample_temperature} must be >= 0")

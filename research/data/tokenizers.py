@@ -1,0 +1,87 @@
+"""Tokenizers behind one interface: encode, decode, vocab_size, bos_id, eos_id, pad_id.
+
+- ByteTokenizer: UTF-8 bytes 0..255, then BOS, EOS, PAD (259 ids).
+- SentencePieceTokenizer: loads a .model file, or trains one on the training split and caches it
+  under the cache directory keyed by the corpus fingerprint and every training setting, so that
+  changing a setting trains a new one instead of silently reusing the old.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Iterable, Protocol, Sequence
+
+
+class Tokenizer(Protocol):
+  vocab_size: int
+  bos_id: int
+  eos_id: int
+  pad_id: int
+  fingerprint: str
+
+  def encode(self, text: str) -> list[int]: ...
+
+  def decode(self, ids: Sequence[int]) -> str: ...
+
+
+class ByteTokenizer:
+  vocab_size = 259
+  bos_id, eos_id, pad_id = 256, 257, 258
+  fingerprint = "byte-v1"
+
+  def encode(self, text: str) -> list[int]:
+    return list(text.encode("utf-8"))
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+
+
+class SentencePieceTokenizer:
+
+  def __init__(self, model_file: str):
+    import sentencepiece as spm
+    if not os.path.isfile(model_file):
+      raise FileNotFoundError(f"data.spm_model_file={model_file}: no such file")
+    self.model_file = model_file
+    self._sp = spm.SentencePieceProcessor(model_file=model_file)
+    self.vocab_size = self._sp.get_piece_size()
+    self.bos_id, self.eos_id, self.pad_id = self._sp.bos_id(), self._sp.eos_id(), self._sp.pad_id()
+    with open(model_file, "rb") as f:
+      self.fingerprint = "spm-" + hashlib.sha256(f.read()).hexdigest()[:16]
+
+  def encode(self, text: str) -> list[int]:
+    return self._sp.encode(text)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self._sp.decode([int(i) for i in ids if 0 <= int(i) < self.vocab_size])
+
+  @classmethod
+  def train_or_load(cls, texts: Iterable[str], corpus_fingerprint: str, cache_dir: str, vocab_size: int,
+                    model_type: str, log=print) -> "SentencePieceTokenizer":
+    settings = dict(vocab_size=vocab_size, model_type=model_type, corpus=corpus_fingerprint,
+                    character_coverage=1.0, byte_fallback=True, normalization="identity",
+                    newline_symbol=True, version=2)
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    directory = os.path.join(cache_dir, "tokenizers", f"spm-{model_type}-{vocab_size}-{key}")
+    model_file = os.path.join(directory, "spm.model")
+    if os.path.isfile(model_file):
+      log(f"tokenizer: reusing {model_file}")
+      return cls(model_file)
+    import sentencepiece as spm
+    os.makedirs(directory, exist_ok=True)
+    log(f"tokenizer: training SentencePiece ({model_type}, vocab {vocab_size}) -> {model_file}")
+    lines = (line for text in texts for line in text.splitlines() if line.strip())
+    tmp = model_file + f".tmp{os.getpid()}"
+    with open(tmp, "wb") as out:
+      spm.SentencePieceTrainer.train(
+          sentence_iterator=lines, model_writer=out, vocab_size=vocab_size, model_type=model_type,
+          character_coverage=1.0, byte_fallback=True, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+          num_threads=os.cpu_count() or 1, input_sentence_size=2_000_000, shuffle_input_sentence=True,
+          # identity normalisation and "\n" as a piece keep line breaks (verse, speaker turns).
+          remove_extra_whitespaces=False, normalization_rule_name="identity", user_defined_symbols=["\n"],
+          split_digits=True, minloglevel=2, seed_sentencepiece_size=200_000)
+    os.replace(tmp, model_file)  # atomic: a killed run never leaves a half-written model behind
+    with open(os.path.join(directory, "settings.json"), "w") as f:
+      json.dump(settings, f, indent=1)
+    return cls(model_file)

@@ -1,0 +1,89 @@
+"""Parameters with logical axis names, and the small layers built from them.
+
+Shape legend: B batch, L length, D embed_dim, F mlp_dim, V vocab, H heads, K kv_heads, Dh head_dim.
+Every parameter is an `nnx.Param` with metadata `logical_axes` (one name per dimension), which
+`research.sharding` maps to mesh axes.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str], init: str | float,
+          dtype: jnp.dtype) -> nnx.Param:
+  """A parameter initialised as 'zeros', 'ones', or normal with the given std (a float)."""
+  shape = tuple(shape)
+  if init == "zeros":
+    value = jnp.zeros(shape, dtype)
+  elif init == "ones":
+    value = jnp.ones(shape, dtype)
+  else:
+    value = (float(init) * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+  return nnx.Param(value, logical_axes=tuple(axes))
+
+
+def matmul(equation: str, x: jax.Array, w: jax.Array, dtype: jnp.dtype) -> jax.Array:
+  """The one place every weight matmul goes through: inputs in `dtype`, f32 accumulation."""
+  out = jnp.einsum(equation, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+  return out.astype(dtype)
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+  """Inverted dropout; identity when `rng` is None (evaluation) or rate is 0."""
+  if rng is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+class Norm(nnx.Module):
+  """LayerNorm (with bias, GPT-2) or RMSNorm (Llama) over the last axis, computed in float32."""
+
+  def __init__(self, dim: int, kind: str, eps: float, use_bias: bool, param_dtype, rngs: nnx.Rngs):
+    self.kind, self.eps = kind, eps
+    self.scale = param(rngs, (dim,), ("norm",), "ones", param_dtype)
+    self.bias = param(rngs, (dim,), ("norm",), "zeros", param_dtype) if use_bias and kind == "layernorm" else None
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    x = x_BxLxD.astype(jnp.float32)
+    if self.kind == "layernorm":
+      x = x - x.mean(-1, keepdims=True)
+    y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.eps)
+    y = y * self.scale[...].astype(jnp.float32)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(jnp.float32)
+    return y.astype(x_BxLxD.dtype)
+
+
+class Embedding(nnx.Module):
+  """A [rows, D] table; `embedding` is looked up by index (and reused as the tied output head)."""
+
+  def __init__(self, rows: int, dim: int, row_axis: str, init_std: float, param_dtype, rngs: nnx.Rngs):
+    self.embedding = param(rngs, (rows, dim), (row_axis, "embed"), init_std, param_dtype)
+
+
+class Dense(nnx.Module):
+  """y = x @ kernel (+ bias), with the contraction over x's last `len(in_shape)` axes."""
+
+  def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], in_axes: Sequence[str],
+               out_axes: Sequence[str], *, use_bias: bool, init_std: float, dtype, param_dtype,
+               rngs: nnx.Rngs):
+    in_shape, out_shape = tuple(in_shape), tuple(out_shape)
+    self.dtype = dtype
+    self.kernel = param(rngs, in_shape + out_shape, tuple(in_axes) + tuple(out_axes), init_std, param_dtype)
+    self.bias = param(rngs, out_shape, out_axes, "zeros", param_dtype) if use_bias else None
+    letters = "abcdefgh"
+    ins, outs = letters[:len(in_shape)], letters[len(in_shape):len(in_shape) + len(out_shape)]
+    self.equation = f"...{ins},{ins}{outs}->...{outs}"
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = matmul(self.equation, x, self.kernel[...], self.dtype)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y

@@ -1,0 +1,111 @@
+"""`DecoderLM`: a pre-norm decoder-only transformer, every switch taken from the model config.
+
+GPT-2: learned positions, LayerNorm with bias, GELU(tanh) MLP, biases, tied embedding.
+Llama: RoPE, RMSNorm, SwiGLU MLP, grouped-query attention, no biases, untied head.
+
+Shape legend: B batch, L length, D embed_dim, F mlp_dim, V vocab.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from research.models.attention import CausalSelfAttention
+from research.models.layers import DTYPES, Dense, Embedding, Norm, dropout, matmul
+from research.sharding import constrain
+
+ACTIVATIONS = {
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "relu": jax.nn.relu,
+}
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, cfg, dtype, param_dtype, rngs: nnx.Rngs):
+    d, f = cfg.embed_dim, cfg.mlp_dim or 4 * cfg.embed_dim
+    common = dict(use_bias=cfg.use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.gated = cfg.mlp_activation == "swiglu"
+    self.up = Dense((d,), (f,), ("embed",), ("mlp",), init_std=cfg.init_std, **common)
+    self.gate = (Dense((d,), (f,), ("embed",), ("mlp",), init_std=cfg.init_std, **common)
+                 if self.gated else None)
+    self.down = Dense((f,), (d,), ("mlp",), ("embed",), init_std=cfg.init_std / (2 * cfg.num_layers) ** 0.5,
+                      **common)
+    self.act = jax.nn.silu if self.gated else ACTIVATIONS[cfg.mlp_activation]
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    h_BxLxF = self.up(x_BxLxD)
+    if self.gated:
+      h_BxLxF = self.act(self.gate(x_BxLxD)) * h_BxLxF
+    else:
+      h_BxLxF = self.act(h_BxLxF)
+    h_BxLxF = constrain(h_BxLxF, ("act_batch", "act_length", "act_mlp"))
+    return self.down(h_BxLxF)
+
+
+class Block(nnx.Module):
+  """x + attn(norm(x)), then x + mlp(norm(x)); dropout on each branch's output."""
+
+  def __init__(self, cfg, dtype, param_dtype, rngs: nnx.Rngs):
+    norm = dict(kind=cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias, param_dtype=param_dtype, rngs=rngs)
+    self.attn_norm = Norm(cfg.embed_dim, **norm)
+    self.attn = CausalSelfAttention(cfg, dtype, param_dtype, rngs)
+    self.mlp_norm = Norm(cfg.embed_dim, **norm)
+    self.mlp = MLP(cfg, dtype, param_dtype, rngs)
+    self.rate = cfg.dropout
+
+  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL, rng):
+    rng_attn, rng_mlp = (None, None) if rng is None else jax.random.split(rng)
+    h = self.attn(self.attn_norm(x_BxLxD), positions_BxL, segment_ids_BxL)
+    x_BxLxD = x_BxLxD + dropout(h, self.rate, rng_attn)
+    h = self.mlp(self.mlp_norm(x_BxLxD))
+    x_BxLxD = x_BxLxD + dropout(h, self.rate, rng_mlp)
+    return constrain(x_BxLxD, ("act_batch", "act_length", "act_embed"))
+
+
+class DecoderLM(nnx.Module):
+  """model(tokens_BxL) -> logits_BxLxV (float32).
+
+  `positions` default to 0..L-1; with packed rows pass per-document positions and `segment_ids`
+  so that attention stays inside each document. `dropout_rng=None` means evaluation.
+  """
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    if cfg.vocab_size <= 0:
+      raise ValueError("model.vocab_size must be resolved (> 0) before building the model")
+    self.cfg = cfg
+    dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
+    self.dtype = dtype
+    self.embed = Embedding(cfg.vocab_size, cfg.embed_dim, "vocab", cfg.init_std, param_dtype, rngs)
+    self.pos_embed = (Embedding(cfg.max_seq_len, cfg.embed_dim, "positions", cfg.init_std / 2, param_dtype, rngs)
+                      if cfg.position == "learned" else None)
+    self.blocks = nnx.List([Block(cfg, dtype, param_dtype, rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = Norm(cfg.embed_dim, cfg.norm, cfg.norm_eps, cfg.use_bias, param_dtype, rngs)
+    self.lm_head = (None if cfg.tie_embeddings else
+                    Dense((cfg.embed_dim,), (cfg.vocab_size,), ("embed",), ("vocab",), use_bias=False,
+                          init_std=cfg.init_std, dtype=dtype, param_dtype=param_dtype, rngs=rngs))
+
+  def __call__(self, tokens_BxL: jax.Array, *, positions: jax.Array | None = None,
+               segment_ids: jax.Array | None = None, dropout_rng: jax.Array | None = None) -> jax.Array:
+    b, l = tokens_BxL.shape
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+    table_VxD = self.embed.embedding[...]
+    x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0).astype(self.dtype)
+    if self.pos_embed is not None:
+      x_BxLxD = x_BxLxD + jnp.take(self.pos_embed.embedding[...], positions, axis=0).astype(self.dtype)
+    rngs = [None] * (len(self.blocks) + 1)
+    if dropout_rng is not None:
+      rngs = list(jax.random.split(dropout_rng, len(self.blocks) + 1))
+    x_BxLxD = dropout(x_BxLxD, self.cfg.dropout, rngs[-1])
+    x_BxLxD = constrain(x_BxLxD, ("act_batch", "act_length", "act_embed"))
+    for block, rng in zip(self.blocks, rngs):
+      x_BxLxD = block(x_BxLxD, positions, segment_ids, rng)
+    x_BxLxD = self.final_norm(x_BxLxD)
+    if self.lm_head is None:
+      logits_BxLxV = matmul("bld,vd->blv", x_BxLxD, table_VxD, self.dtype)
+    else:
+      logits_BxLxV = self.lm_head(x_BxLxD)
+    return constrain(logits_BxLxV.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
