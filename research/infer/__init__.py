@@ -1,0 +1,4 @@
+"""Inference: sampling text from a trained model. (KV-cache decoding and beam search come later.)"""
+from research.infer.sample import sample_text
+
+__all__ = ["sample_text"]

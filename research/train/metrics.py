@@ -1,0 +1,76 @@
+"""Metrics out: one JSON object per line in DIR/metrics.jsonl, TensorBoard scalars under DIR/tensorboard,
+and a progress line on the terminal. Only process 0 writes."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+
+def _clean(value):
+  if hasattr(value, "item"):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)  # JSON has no NaN/Inf; keep them readable rather than invalid
+  return value
+
+
+class MetricsWriter:
+
+  def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+      if tensorboard:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, metrics: dict) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: _clean(v) for k, v in metrics.items()}, "time": time.time()}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._tb is not None:
+      for key, value in record.items():
+        if key not in ("step", "time") and isinstance(value, (int, float)) and not isinstance(value, bool):
+          self._tb.add_scalar(key, value, step)
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+class Progress:
+  """A tqdm bar on a terminal; plain lines (one per log) otherwise, e.g. under CI or SLURM."""
+
+  def __init__(self, total: int, initial: int, enabled: bool, live: bool | None = None):
+    self.enabled = enabled
+    live = sys.stderr.isatty() if live is None else live
+    self._bar = None
+    if enabled and live:
+      from tqdm import tqdm
+      self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+  def update(self, step: int, text: str, log_line: bool) -> None:
+    if not self.enabled:
+      return
+    if self._bar is not None:
+      self._bar.n = step
+      self._bar.set_postfix_str(text, refresh=True)
+    elif log_line:
+      print(f"step {step}: {text}", flush=True)
+
+  def write(self, text: str) -> None:
+    if self._bar is not None:
+      self._bar.write(text)
+    elif self.enabled:
+      print(text, flush=True)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()

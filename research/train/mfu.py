@@ -1,0 +1,66 @@
+"""Peak FLOP/s of the devices, and model FLOPs utilisation (MFU).
+
+MFU = (training FLOPs per token from `research.models.flops_per_token`) x tokens/s / peak FLOP/s.
+Peak: dense bf16 figures from vendor datasheets for known accelerators; on CPU (and any unknown
+device) a matmul in the compute dtype measured on the spot, bf16 with float32 accumulation for
+bf16, as our matmuls run it.
+"""
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Dense bf16 FLOP/s per chip, matched on a substring of `device.device_kind`, most specific first.
+PEAK_BF16_FLOPS_PER_CHIP: tuple[tuple[str, float], ...] = (
+    ("TPU v6 lite", 918e12),   # v6e (Trillium)
+    ("TPU v5 lite", 197e12),   # v5e
+    ("TPU v5p", 459e12),
+    ("TPU v5", 459e12),        # v5p reports "TPU v5"
+    ("TPU v4", 275e12),
+    ("H200", 989e12),          # SXM, dense (no sparsity)
+    ("H100", 989e12),          # SXM; PCIe is 756e12
+    ("A100", 312e12),
+)
+
+
+def table_peak(device_kind: str) -> float | None:
+  for key, flops in PEAK_BF16_FLOPS_PER_CHIP:
+    if key.lower() in device_kind.lower():
+      return flops
+  return None
+
+
+@functools.lru_cache(maxsize=None)
+def measure_matmul_peak(dtype_name: str, n: int = 2048, repeats: int = 5) -> float:
+  """Median FLOP/s of an n^3 matmul on the default device, inputs in `dtype_name`, f32 accumulation."""
+  dtype = jnp.dtype(dtype_name)
+  a = jnp.ones((n, n), dtype)
+  b = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+  f(a, b).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a, b).block_until_ready()
+    times.append(time.perf_counter() - t)
+  return 2 * n**3 / float(np.median(times))
+
+
+def peak_flops(devices, compute_dtype: str) -> tuple[float, str]:
+  """(peak FLOP/s of all `devices` together, where the figure came from)."""
+  kind = devices[0].device_kind
+  per_chip = table_peak(kind)
+  if per_chip is not None:
+    return per_chip * len(devices), f"datasheet bf16 dense, {kind} x{len(devices)}"
+  # CPU "devices" (also the fake ones of --xla_force_host_platform_device_count) share the host's
+  # cores, so the measured matmul rate is the peak of all of them together.
+  measured = measure_matmul_peak(compute_dtype)
+  return measured, f"measured {compute_dtype} matmul on {kind} ({measured / 1e9:.0f} GFLOP/s)"
+
+
+def mfu(flops_per_token: float, tokens_per_sec: float, peak: float) -> float:
+  return flops_per_token * tokens_per_sec / peak if peak > 0 else 0.0

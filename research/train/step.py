@@ -1,0 +1,97 @@
+"""The train and eval steps: pure functions of (state, batch), jitted by the trainer.
+
+A batch is a dict of [B, L] arrays: `inputs`, `targets` (int32), `weights` (float32, 0 on padding),
+and optionally `positions` and `segment_ids` for packed rows.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from research.sharding import constrain
+from research.train.state import TrainState
+
+MODEL_INPUTS = ("positions", "segment_ids")
+
+
+def loss_sums(graphdef, params, batch, dropout_rng) -> tuple[jax.Array, jax.Array]:
+  """(sum of token cross-entropies, sum of weights), both float32."""
+  model = nnx.merge(graphdef, params)
+  extra = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+  logits_BxLxV = model(batch["inputs"], dropout_rng=dropout_rng, **extra)
+  losses_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch["targets"])
+  weights_BxL = batch["weights"].astype(jnp.float32)
+  return (losses_BxL * weights_BxL).sum(), weights_BxL.sum()
+
+
+def _split_microbatches(batch, num: int):
+  """[B, ...] -> [num, B/num, ...], microbatch i taking rows i, i+num, ... so every device's local
+  rows feed every microbatch (no data movement across the batch-sharded axis)."""
+
+  def split(x):
+    x = x.reshape((x.shape[0] // num, num) + x.shape[1:]).swapaxes(0, 1)
+    return constrain(x, (None, "act_batch") + (None,) * (x.ndim - 2))
+
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+                    microbatches: int = 1) -> Callable:
+  """Returns train_step(state, batch) -> (state, metrics).
+
+  The gradient is the mean over all weighted tokens of the global batch, accumulated over
+  `microbatches` sequential chunks (so accumulation equals one large-batch step). An update whose
+  loss or gradient is not finite is not applied (params and optimizer state stay as they were);
+  `metrics['finite']` tells the host, which stops or counts per `train.nonfinite`.
+  """
+  grad_fn = jax.value_and_grad(lambda p, b, r: loss_sums(graphdef, p, b, r), has_aux=True)
+
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    if microbatches == 1:
+      (loss_sum, weight_sum), grads = grad_fn(state.params, batch, rng)
+    else:
+      def body(carry, xs):
+        micro, index = xs
+        (l, w), g = grad_fn(state.params, micro, jax.random.fold_in(rng, index))
+        acc_l, acc_w, acc_g = carry
+        return (acc_l + l, acc_w + w, jax.tree.map(jnp.add, acc_g, g)), None
+
+      zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+      init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), zeros)
+      (loss_sum, weight_sum, grads), _ = jax.lax.scan(
+          body, init, (_split_microbatches(batch, microbatches), jnp.arange(microbatches)))
+    denom = jnp.maximum(weight_sum, 1.0)
+    loss = loss_sum / denom
+    grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state.params)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+    updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    applied = state.step - state.skipped_steps  # optimizer updates so far = the schedule's count
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep(new_params, state.params),
+        opt_state=keep(new_opt_state, state.opt_state),
+        skipped_steps=state.skipped_steps + (1 - finite.astype(jnp.int32)),
+    )
+    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(applied),
+               "finite": finite, "skipped_steps": new_state.skipped_steps, "tokens": weight_sum}
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(graphdef) -> Callable:
+  """eval_step(params, batch) -> (loss sum, weight sum), summed over the batch for exact averaging."""
+
+  def eval_step(params, batch):
+    return loss_sums(graphdef, params, batch, None)
+
+  return eval_step

@@ -1,0 +1,197 @@
+"""The training run: `train(cfg, workdir)`, read top to bottom.
+
+  setup -> data -> model, optimizer, shardings -> compile -> loop (log / eval) -> final eval, samples
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from research.config import ConfigError, validate_config
+from research.data import build_pipeline
+from research.infer.sample import sample_text
+from research.models import count_params, flops_per_token
+from research.sharding import activation_rules, logical_to_spec, make_mesh
+from research.train import mfu as mfu_lib
+from research.train.evaluation import evaluate
+from research.train.metrics import MetricsWriter, Progress
+from research.train.optimizer import make_optimizer
+from research.train.state import abstract_model, make_init_fn, state_shardings
+from research.train.step import make_eval_step, make_train_step
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or gradient was NaN/Inf and train.nonfinite is 'stop'."""
+
+
+def resolve_vocab(cfg, tokenizer) -> None:
+  """model.vocab_size = 0 takes the tokenizer's size, rounded up to model.vocab_multiple."""
+  if cfg.model.vocab_size == 0:
+    m = cfg.model.vocab_multiple
+    cfg.model.vocab_size = -(-tokenizer.vocab_size // m) * m
+  elif cfg.model.vocab_size < tokenizer.vocab_size:
+    raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+                      f"{tokenizer.vocab_size} ids; set it to 0 to take the tokenizer's size")
+
+
+def put_batch(batch: dict, sharding: NamedSharding, global_rows: int) -> dict:
+  """This process's rows -> one global array per key, laid out over the mesh."""
+  return {k: jax.make_array_from_process_local_data(sharding, v, (global_rows,) + v.shape[1:])
+          for k, v in batch.items()}
+
+
+def abstract_batch(batch_size: int, seq_len: int, sharding) -> dict:
+  shape = (batch_size, seq_len)
+  return {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding),
+          "targets": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding),
+          "weights": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding)}
+
+
+def train(cfg, workdir: str, log=print) -> dict:
+  """Runs the whole training described by `cfg`; metrics and config go to `workdir`.
+
+  Returns a summary dict (final eval loss, unigram entropy, tokens, timings, samples).
+  """
+  # ---------------------------------------------------------------- setup
+  t_start = time.time()
+  devices = jax.devices()
+  validate_config(cfg, len(devices))
+  is_main = jax.process_index() == 0
+  log = log if is_main else (lambda *a, **k: None)
+  mesh = make_mesh(cfg.mesh.shape, devices)
+  rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in cfg.mesh.rules)
+  t = cfg.train
+
+  # ---------------------------------------------------------------- data
+  data = build_pipeline(cfg.data, log=log)
+  resolve_vocab(cfg, data.tokenizer)
+  pid, nproc = jax.process_index(), jax.process_count()
+  train_batches = data.train_batches(t.batch_size, t.seq_len, cfg.seed, pid, nproc)
+  batch_sharding = NamedSharding(mesh, logical_to_spec(("act_batch", None), rules, mesh))
+  eval_host = data.eval_batches(t.batch_size, t.seq_len, t.eval_batches, pid, nproc)
+  eval_device = [put_batch(b, batch_sharding, t.batch_size) for b in eval_host]
+
+  # ---------------------------------------------------------------- model, optimizer, shardings
+  graphdef, abstract_params, names = abstract_model(cfg.model)
+  optimizer, schedule = make_optimizer(cfg.optimizer, t.num_steps, abstract_params)
+  shardings = state_shardings(mesh, rules, optimizer, abstract_params, names)
+  n_params = count_params(cfg.model)
+  n_actual = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
+  assert n_params == n_actual, f"count_params={n_params} disagrees with the model's {n_actual}"
+  fpt = flops_per_token(cfg.model, t.seq_len)
+  peak, peak_source = mfu_lib.peak_flops(devices, cfg.model.dtype)
+
+  log("config:\n" + str(cfg))
+  log(f"devices: {len(devices)} x {devices[0].device_kind} ({jax.default_backend()}), "
+      f"{nproc} process(es); mesh {dict(mesh.shape)}")
+  log(f"model: {cfg.model.family}, {n_params:,} parameters, {fpt / 1e6:.2f} MFLOPs/token "
+      f"(training, causal attention halved); peak {peak / 1e9:.0f} GFLOP/s ({peak_source})")
+  if is_main:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(cfg.to_json_best_effort(indent=1))
+
+  # ---------------------------------------------------------------- compile
+  replicated = NamedSharding(mesh, PartitionSpec())
+  with activation_rules(mesh, rules):
+    state = jax.jit(make_init_fn(cfg.model, graphdef, optimizer, cfg.seed), out_shardings=shardings)()
+    step_fn = jax.jit(make_train_step(graphdef, optimizer, schedule, t.microbatches),
+                      in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
+                      donate_argnums=0)
+    t_compile = time.time()
+    step_fn = step_fn.lower(state, abstract_batch(t.batch_size, t.seq_len, batch_sharding)).compile()
+    eval_fn = jax.jit(make_eval_step(graphdef), in_shardings=(shardings.params, batch_sharding),
+                      out_shardings=replicated)
+    log(f"compiled the train step in {time.time() - t_compile:.1f}s")
+
+  # ---------------------------------------------------------------- loop
+  writer = MetricsWriter(workdir, enabled=is_main, tensorboard=t.tensorboard)
+  progress = Progress(t.num_steps, 0, enabled=is_main and t.progress)
+  tokens_per_step = t.batch_size * t.seq_len
+  window = {"loss": [], "grad_norm": [], "t0": time.time(), "steps": 0}
+
+  def run_eval(step: int) -> float:
+    loss = evaluate(eval_fn, state.params, eval_device)
+    writer.write(step, {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))})
+    progress.write(f"step {step}: eval_loss {loss:.4f}")
+    return loss
+
+  def finish_step(step: int, metrics) -> None:
+    """Host side of step `step` (1-based), run after step+1 was dispatched so the device never waits."""
+    m = jax.device_get(metrics)
+    if not m["finite"]:
+      msg = (f"step {step}: loss {float(m['loss'])}, grad norm {float(m['grad_norm'])} is not finite; "
+             "the update was not applied")
+      if t.nonfinite == "stop":
+        writer.write(step, {"nonfinite": True, "loss": m["loss"], "grad_norm": m["grad_norm"]})
+        raise NonFiniteError(msg + ". Set --config.train.nonfinite=skip to skip such updates.")
+      progress.write(msg + f" (skipped; {int(m['skipped_steps'])} so far)")
+    else:
+      window["loss"].append(float(m["loss"]))
+      window["grad_norm"].append(float(m["grad_norm"]))
+    window["steps"] += 1
+    is_log = step % t.log_every == 0 or step == t.num_steps
+    if is_log:
+      elapsed = max(time.time() - window["t0"], 1e-9)
+      tps = window["steps"] * tokens_per_step / elapsed
+      record = {"loss": float(np.mean(window["loss"])) if window["loss"] else float("nan"),
+                "learning_rate": float(m["learning_rate"]),
+                "grad_norm": float(np.mean(window["grad_norm"])) if window["grad_norm"] else float("nan"),
+                "tokens_per_sec": tps, "mfu": mfu_lib.mfu(fpt, tps, peak),
+                "step_time_ms": 1000 * elapsed / window["steps"], "skipped_steps": int(m["skipped_steps"]),
+                "tokens_seen": step * tokens_per_step}
+      writer.write(step, record)
+      progress.update(step, f"loss {record['loss']:.4f} lr {record['learning_rate']:.2e} "
+                      f"{tps:,.0f} tok/s mfu {100 * record['mfu']:.1f}%", log_line=True)
+      window.update(loss=[], grad_norm=[], t0=time.time(), steps=0)
+    else:
+      progress.update(step, f"loss {float(m['loss']):.4f}", log_line=False)
+
+  t_loop = time.time()
+  pending = None
+  try:
+    with activation_rules(mesh, rules):
+      for step in range(t.num_steps):
+        batch = put_batch(train_batches.batch(step), batch_sharding, t.batch_size)
+        state, metrics = step_fn(state, batch)
+        if pending is not None:
+          finish_step(*pending)
+        pending = (step + 1, metrics)
+        if t.eval_every and (step + 1) % t.eval_every == 0 and step + 1 < t.num_steps:
+          finish_step(*pending)
+          pending = None
+          run_eval(step + 1)
+          window["t0"] = time.time()  # evaluation time is not training throughput
+      if pending is not None:
+        finish_step(*pending)
+      train_seconds = time.time() - t_loop
+      final_eval = run_eval(t.num_steps)
+  finally:
+    progress.close()
+
+  # ---------------------------------------------------------------- wrap up
+  entropy = data.unigram_entropy()
+  samples = []
+  if t.sample_at_end:
+    samples = sample_text(graphdef, jax.device_get(state.params), data.tokenizer, [""] * t.sample_at_end,
+                          t.sample_tokens, t.sample_temperature, cfg.seed, cfg.model.max_seq_len)
+  summary = {"final_eval_loss": final_eval, "unigram_entropy": entropy, "steps": t.num_steps,
+             "tokens_seen": t.num_steps * tokens_per_step, "train_seconds": train_seconds,
+             "total_seconds": time.time() - t_start, "skipped_steps": int(jax.device_get(state.skipped_steps)),
+             "parameters": n_params, "flops_per_token": fpt, "samples": samples}
+  log(f"final eval loss {final_eval:.4f} nats/token vs unigram entropy {entropy:.4f} of the training "
+      f"tokens ({t.num_steps} steps, {summary['tokens_seen']:,} tokens, {train_seconds:.0f}s training)")
+  for i, text in enumerate(samples):
+    log(f"--- sample {i + 1} ---\n{text.strip()}")
+  if is_main:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=1)
+  writer.close()
+  return summary
