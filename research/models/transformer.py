@@ -79,7 +79,7 @@ class DecoderLM(nnx.Module):
     dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
     self.dtype = dtype
     self.embed = Embedding(cfg.vocab_size, cfg.embed_dim, "vocab", cfg.init_std, param_dtype, rngs)
-    self.pos_embed = (Embedding(cfg.max_seq_len, cfg.embed_dim, "positions", cfg.init_std / 2, param_dtype, rngs)
+    self.pos_embed = (Embedding(cfg.max_seq_len, cfg.embed_dim, "positions", cfg.init_std, param_dtype, rngs)
                       if cfg.position == "learned" else None)
     self.blocks = nnx.List([Block(cfg, dtype, param_dtype, rngs) for _ in range(cfg.num_layers)])
     self.final_norm = Norm(cfg.embed_dim, cfg.norm, cfg.norm_eps, cfg.use_bias, param_dtype, rngs)

@@ -34,20 +34,29 @@ def table_peak(device_kind: str) -> float | None:
   return None
 
 
+def measure_matmul_peak(devices, dtype_name: str, n: int = 2048, repeats: int = 5) -> float:
+  """Median FLOP/s of one n^3 matmul per device, run on all `devices` at once (inputs in
+  `dtype_name`, float32 accumulation, as our matmuls run). CPU "devices" (also the fake ones of
+  --xla_force_host_platform_device_count) share the host's cores, so running them together is what
+  measures the host's real peak."""
+  return _measure(tuple(devices), dtype_name, n, repeats)
+
+
 @functools.lru_cache(maxsize=None)
-def measure_matmul_peak(dtype_name: str, n: int = 2048, repeats: int = 5) -> float:
-  """Median FLOP/s of an n^3 matmul on the default device, inputs in `dtype_name`, f32 accumulation."""
+def _measure(devices, dtype_name, n, repeats) -> float:
+  mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
   dtype = jnp.dtype(dtype_name)
-  a = jnp.ones((n, n), dtype)
-  b = jnp.ones((n, n), dtype)
-  f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+  a = jax.device_put(jax.random.normal(jax.random.PRNGKey(0), (len(devices), n, n), dtype), sharding)
+  b = jax.device_put(jax.random.normal(jax.random.PRNGKey(1), (len(devices), n, n), dtype), sharding)
+  f = jax.jit(lambda x, y: jnp.einsum("bij,bjk->bik", x, y, preferred_element_type=jnp.float32))
   f(a, b).block_until_ready()
   times = []
   for _ in range(repeats):
     t = time.perf_counter()
     f(a, b).block_until_ready()
     times.append(time.perf_counter() - t)
-  return 2 * n**3 / float(np.median(times))
+  return len(devices) * 2 * n**3 / float(np.median(times))
 
 
 def peak_flops(devices, compute_dtype: str) -> tuple[float, str]:
@@ -56,10 +65,9 @@ def peak_flops(devices, compute_dtype: str) -> tuple[float, str]:
   per_chip = table_peak(kind)
   if per_chip is not None:
     return per_chip * len(devices), f"datasheet bf16 dense, {kind} x{len(devices)}"
-  # CPU "devices" (also the fake ones of --xla_force_host_platform_device_count) share the host's
-  # cores, so the measured matmul rate is the peak of all of them together.
-  measured = measure_matmul_peak(compute_dtype)
-  return measured, f"measured {compute_dtype} matmul on {kind} ({measured / 1e9:.0f} GFLOP/s)"
+  local = [d for d in devices if d.process_index == jax.process_index()]
+  measured = measure_matmul_peak(local, compute_dtype) * len(devices) / len(local)
+  return measured, f"measured {compute_dtype} matmul on {len(devices)} {kind} device(s)"
 
 
 def mfu(flops_per_token: float, tokens_per_sec: float, peak: float) -> float:

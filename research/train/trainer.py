@@ -10,21 +10,17 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from research.config import ConfigError, validate_config
 from research.data import build_pipeline
 from research.infer.sample import sample_text
 from research.models import count_params, flops_per_token
-from research.sharding import activation_rules, logical_to_spec, make_mesh
+from research.sharding import make_mesh
 from research.train import mfu as mfu_lib
 from research.train.evaluation import evaluate
 from research.train.metrics import MetricsWriter, Progress
-from research.train.optimizer import make_optimizer
-from research.train.state import abstract_model, make_init_fn, state_shardings
-from research.train.step import make_eval_step, make_train_step
+from research.train.program import build_program
 
 
 class NonFiniteError(RuntimeError):
@@ -41,19 +37,6 @@ def resolve_vocab(cfg, tokenizer) -> None:
                       f"{tokenizer.vocab_size} ids; set it to 0 to take the tokenizer's size")
 
 
-def put_batch(batch: dict, sharding: NamedSharding, global_rows: int) -> dict:
-  """This process's rows -> one global array per key, laid out over the mesh."""
-  return {k: jax.make_array_from_process_local_data(sharding, v, (global_rows,) + v.shape[1:])
-          for k, v in batch.items()}
-
-
-def abstract_batch(batch_size: int, seq_len: int, sharding) -> dict:
-  shape = (batch_size, seq_len)
-  return {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding),
-          "targets": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding),
-          "weights": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding)}
-
-
 def train(cfg, workdir: str, log=print) -> dict:
   """Runs the whole training described by `cfg`; metrics and config go to `workdir`.
 
@@ -66,7 +49,6 @@ def train(cfg, workdir: str, log=print) -> dict:
   is_main = jax.process_index() == 0
   log = log if is_main else (lambda *a, **k: None)
   mesh = make_mesh(cfg.mesh.shape, devices)
-  rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in cfg.mesh.rules)
   t = cfg.train
 
   # ---------------------------------------------------------------- data
@@ -74,16 +56,13 @@ def train(cfg, workdir: str, log=print) -> dict:
   resolve_vocab(cfg, data.tokenizer)
   pid, nproc = jax.process_index(), jax.process_count()
   train_batches = data.train_batches(t.batch_size, t.seq_len, cfg.seed, pid, nproc)
-  batch_sharding = NamedSharding(mesh, logical_to_spec(("act_batch", None), rules, mesh))
-  eval_host = data.eval_batches(t.batch_size, t.seq_len, t.eval_batches, pid, nproc)
-  eval_device = [put_batch(b, batch_sharding, t.batch_size) for b in eval_host]
 
   # ---------------------------------------------------------------- model, optimizer, shardings
-  graphdef, abstract_params, names = abstract_model(cfg.model)
-  optimizer, schedule = make_optimizer(cfg.optimizer, t.num_steps, abstract_params)
-  shardings = state_shardings(mesh, rules, optimizer, abstract_params, names)
+  program = build_program(cfg, mesh)
+  eval_device = [program.put_batch(b) for b in data.eval_batches(t.batch_size, t.seq_len, t.eval_batches,
+                                                                  pid, nproc)]
   n_params = count_params(cfg.model)
-  n_actual = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
+  n_actual = sum(math.prod(x.shape) for x in jax.tree.leaves(program.abstract_params))
   assert n_params == n_actual, f"count_params={n_params} disagrees with the model's {n_actual}"
   fpt = flops_per_token(cfg.model, t.seq_len)
   peak, peak_source = mfu_lib.peak_flops(devices, cfg.model.dtype)
@@ -99,17 +78,11 @@ def train(cfg, workdir: str, log=print) -> dict:
       f.write(cfg.to_json_best_effort(indent=1))
 
   # ---------------------------------------------------------------- compile
-  replicated = NamedSharding(mesh, PartitionSpec())
-  with activation_rules(mesh, rules):
-    state = jax.jit(make_init_fn(cfg.model, graphdef, optimizer, cfg.seed), out_shardings=shardings)()
-    step_fn = jax.jit(make_train_step(graphdef, optimizer, schedule, t.microbatches),
-                      in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
-                      donate_argnums=0)
-    t_compile = time.time()
-    step_fn = step_fn.lower(state, abstract_batch(t.batch_size, t.seq_len, batch_sharding)).compile()
-    eval_fn = jax.jit(make_eval_step(graphdef), in_shardings=(shardings.params, batch_sharding),
-                      out_shardings=replicated)
-    log(f"compiled the train step in {time.time() - t_compile:.1f}s")
+  state = program.init_state()
+  t_compile = time.time()
+  step_fn = program.compile_train_step()
+  eval_fn = program.eval_step()
+  log(f"compiled the train step in {time.time() - t_compile:.1f}s")
 
   # ---------------------------------------------------------------- loop
   writer = MetricsWriter(workdir, enabled=is_main, tensorboard=t.tensorboard)
@@ -157,22 +130,20 @@ def train(cfg, workdir: str, log=print) -> dict:
   t_loop = time.time()
   pending = None
   try:
-    with activation_rules(mesh, rules):
-      for step in range(t.num_steps):
-        batch = put_batch(train_batches.batch(step), batch_sharding, t.batch_size)
-        state, metrics = step_fn(state, batch)
-        if pending is not None:
-          finish_step(*pending)
-        pending = (step + 1, metrics)
-        if t.eval_every and (step + 1) % t.eval_every == 0 and step + 1 < t.num_steps:
-          finish_step(*pending)
-          pending = None
-          run_eval(step + 1)
-          window["t0"] = time.time()  # evaluation time is not training throughput
+    for step in range(t.num_steps):
+      state, metrics = step_fn(state, program.put_batch(train_batches.batch(step)))
       if pending is not None:
         finish_step(*pending)
-      train_seconds = time.time() - t_loop
-      final_eval = run_eval(t.num_steps)
+      pending = (step + 1, metrics)
+      if t.eval_every and (step + 1) % t.eval_every == 0 and step + 1 < t.num_steps:
+        finish_step(*pending)
+        pending = None
+        run_eval(step + 1)
+        window["t0"] = time.time()  # evaluation time is not training throughput
+    if pending is not None:
+      finish_step(*pending)
+    train_seconds = time.time() - t_loop
+    final_eval = run_eval(t.num_steps)
   finally:
     progress.close()
 
@@ -180,7 +151,7 @@ def train(cfg, workdir: str, log=print) -> dict:
   entropy = data.unigram_entropy()
   samples = []
   if t.sample_at_end:
-    samples = sample_text(graphdef, jax.device_get(state.params), data.tokenizer, [""] * t.sample_at_end,
+    samples = sample_text(program.graphdef, jax.device_get(state.params), data.tokenizer, [""] * t.sample_at_end,
                           t.sample_tokens, t.sample_temperature, cfg.seed, cfg.model.max_seq_len)
   summary = {"final_eval_loss": final_eval, "unigram_entropy": entropy, "steps": t.num_steps,
              "tokens_seen": t.num_steps * tokens_per_step, "train_seconds": train_seconds,

@@ -1,0 +1,102 @@
+"""The decoder LM: shapes, causality, exact parameter counts of the presets, FLOPs by hand."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from research.models import PRESETS, DecoderLM, count_params, flops_per_token, preset_config
+
+
+def _model(name, **overrides):
+  return DecoderLM(preset_config(name, **overrides), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("name", ["gpt2-tiny", "llama-tiny"])
+def test_forward_shape_and_dtype(name):
+  model = _model(name)
+  tokens = jnp.arange(2 * 16, dtype=jnp.int32).reshape(2, 16) % 256
+  logits = model(tokens)
+  assert logits.shape == (2, 16, 256)
+  assert logits.dtype == jnp.float32
+  assert np.isfinite(np.asarray(logits)).all()
+
+
+@pytest.mark.parametrize("name", ["gpt2-tiny", "llama-tiny"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_causal(name, dtype):
+  """Changing token t never changes the logits before t."""
+  model = _model(name, dtype=dtype)
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 20), 0, 256)
+  base = np.asarray(model(tokens))
+  for t in (5, 13, 19):
+    changed = tokens.at[:, t].set((tokens[:, t] + 7) % 256)
+    out = np.asarray(model(changed))
+    np.testing.assert_array_equal(out[:, :t], base[:, :t])
+    assert np.abs(out[:, t:] - base[:, t:]).max() > 0
+
+
+def test_gpt2_124m_has_exactly_124439808_parameters():
+  cfg = preset_config("gpt2-124m")
+  assert (cfg.vocab_size, cfg.max_seq_len) == (50257, 1024)
+  model = nnx.eval_shape(lambda: DecoderLM(cfg, rngs=nnx.Rngs(0)))
+  actual = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  assert actual == 124_439_808
+  assert count_params(cfg) == 124_439_808
+
+
+# Published totals (tied/untied as released), checked against the analytic count and the real model.
+PUBLISHED = {"gpt2-355m": 354_823_168, "gpt2-774m": 774_030_080, "gpt2-1.5b": 1_557_611_200,
+             "llama-1b": 1_100_048_384, "llama3.2-1b": 1_235_814_400, "llama3-8b": 8_030_261_248,
+             "llama3-70b": 70_553_706_496}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_counts_match_model(name):
+  cfg = preset_config(name)
+  model = nnx.eval_shape(lambda: DecoderLM(cfg, rngs=nnx.Rngs(0)))
+  actual = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  assert actual == count_params(cfg)
+  if name in PUBLISHED:
+    assert actual == PUBLISHED[name]
+
+
+def test_llama_has_no_biases_and_untied_head():
+  model = nnx.eval_shape(lambda: DecoderLM(preset_config("llama-tiny"), rngs=nnx.Rngs(0)))
+  paths = ["/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+  assert not any(p.endswith("bias") for p in paths)
+  assert "lm_head/kernel" in paths
+  assert not any(p.startswith("pos_embed") for p in paths)
+
+
+def test_flops_per_token_by_hand():
+  # 2 layers, D=32, H=4, Dh=8, F=128, V=256, L=64, GPT-2 style.
+  cfg = preset_config("gpt2-tiny")
+  per_layer = 4 * 32 * 32 + 2 * 32 * 128      # q, k, v, o + up, down
+  n_matmul = 2 * per_layer + 32 * 256         # + output head
+  attention = 12 * 2 * 4 * 8 * 64 / 2         # QK^T and AV, fwd+bwd, causal half
+  assert flops_per_token(cfg, 64) == 6 * n_matmul + attention
+  assert flops_per_token(cfg, 64, causal=False) == 6 * n_matmul + 2 * attention
+
+
+def test_dropout_only_with_rng():
+  model = _model("gpt2-tiny", dropout=0.5)
+  tokens = jnp.zeros((1, 8), jnp.int32)
+  a, b = model(tokens), model(tokens)
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  c = model(tokens, dropout_rng=jax.random.PRNGKey(0))
+  assert np.abs(np.asarray(c) - np.asarray(a)).max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["gpt2-tiny", "llama-tiny"])
+def test_segments_isolate_documents(name):
+  """With segment ids and restarted positions, a packed row equals each document run alone."""
+  model = _model(name)
+  doc_a = jax.random.randint(jax.random.PRNGKey(2), (1, 7), 0, 256)
+  doc_b = jax.random.randint(jax.random.PRNGKey(3), (1, 9), 0, 256)
+  packed = jnp.concatenate([doc_a, doc_b], axis=1)
+  segments = jnp.asarray([[1] * 7 + [2] * 9])
+  positions = jnp.asarray([list(range(7)) + list(range(9))])
+  out = np.asarray(model(packed, positions=positions, segment_ids=segments))
+  np.testing.assert_allclose(out[:, :7], np.asarray(model(doc_a)), atol=1e-5)
+  np.testing.assert_allclose(out[:, 7:], np.asarray(model(doc_b)), atol=1e-5)
