@@ -103,6 +103,7 @@ def _compare(ours: np.ndarray, ref: np.ndarray) -> float:
   scale = float(np.max(np.abs(ref)))
   assert scale > 1.0, f"logits too small to be a meaningful comparison (max |logit| {scale})"
   diff = float(np.max(np.abs(ours - ref)))
+  print(f"max |ours - hf| = {diff:.3e}, max |logit| = {scale:.3f}")
   assert diff <= RTOL_OF_SCALE * scale, f"max |ours - hf| = {diff:.3e} (max |logit| {scale:.3f})"
   return diff
 

@@ -65,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.sample_tokens = 64
   c.train.sample_temperature = 0.8
   c.train.tensorboard = True
-  c.train.progress = True        # a live progress line on the terminal
+  c.train.progress = True        # a live progress bar on a terminal; else one line per log
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 3e-4   # peak learning rate

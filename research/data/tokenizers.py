@@ -12,6 +12,8 @@ import json
 import os
 from typing import Iterable, Protocol, Sequence
 
+from research.data.corpus import DataError
+
 
 class Tokenizer(Protocol):
   vocab_size: int
@@ -71,17 +73,29 @@ class SentencePieceTokenizer:
     import sentencepiece as spm
     os.makedirs(directory, exist_ok=True)
     log(f"tokenizer: training SentencePiece ({model_type}, vocab {vocab_size}) -> {model_file}")
-    lines = (line for text in texts for line in text.splitlines() if line.strip())
+    sentences = (line for text in texts for line in text.splitlines() if line.strip())
     tmp = model_file + f".tmp{os.getpid()}"
-    with open(tmp, "wb") as out:
-      spm.SentencePieceTrainer.train(
-          sentence_iterator=lines, model_writer=out, vocab_size=vocab_size, model_type=model_type,
-          character_coverage=1.0, byte_fallback=True, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
-          num_threads=os.cpu_count() or 1, input_sentence_size=2_000_000, shuffle_input_sentence=True,
-          # identity normalisation and "\n" as a piece keep line breaks (verse, speaker turns).
-          remove_extra_whitespaces=False, normalization_rule_name="identity", user_defined_symbols=["\n"],
-          split_digits=True, minloglevel=2, seed_sentencepiece_size=200_000)
+    try:
+      with open(tmp, "wb") as out:
+        _train_spm(
+            spm, out, sentences, "data.vocab_size", vocab_size=vocab_size, model_type=model_type,
+            character_coverage=1.0, byte_fallback=True, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+            num_threads=os.cpu_count() or 1, input_sentence_size=2_000_000, shuffle_input_sentence=True,
+            # identity normalisation and "\n" as a piece keep line breaks (verse, speaker turns).
+            remove_extra_whitespaces=False, normalization_rule_name="identity", user_defined_symbols=["\n"],
+            split_digits=True, minloglevel=2, seed_sentencepiece_size=200_000)
+    finally:
+      if not os.path.getsize(tmp):
+        os.remove(tmp)
     os.replace(tmp, model_file)  # atomic: a killed run never leaves a half-written model behind
     with open(os.path.join(directory, "settings.json"), "w") as f:
       json.dump(settings, f, indent=1)
     return cls(model_file)
+
+
+def _train_spm(spm, out, sentence_iterator, vocab_key, **kwargs) -> None:
+  try:
+    spm.SentencePieceTrainer.train(sentence_iterator=sentence_iterator, model_writer=out, **kwargs)
+  except RuntimeError as e:  # e.g. a vocabulary too small for the corpus' characters + 256 bytes
+    reason = str(e).split("]")[-1].strip()
+    raise DataError(f"{vocab_key}={kwargs['vocab_size']}: SentencePiece training failed: {reason}") from None

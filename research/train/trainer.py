@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 
 import jax
@@ -86,7 +87,7 @@ def train(cfg, workdir: str, log=print) -> dict:
 
   # ---------------------------------------------------------------- loop
   writer = MetricsWriter(workdir, enabled=is_main, tensorboard=t.tensorboard)
-  progress = Progress(t.num_steps, 0, enabled=is_main and t.progress)
+  progress = Progress(t.num_steps, 0, enabled=is_main, live=t.progress and sys.stderr.isatty())
   tokens_per_step = t.batch_size * t.seq_len
   window = {"loss": [], "grad_norm": [], "t0": time.time(), "steps": 0}
 
