@@ -206,8 +206,7 @@ def _llama_reference(cfg):
       hidden_act="silu", tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
       attention_dropout=0.0, bos_token_id=0, eos_token_id=0, pad_token_id=None, use_cache=False,
       attn_implementation="eager")
-  hf = transformers.LlamaForCausalLM(hf_cfg).float().eval()
-  return hf
+  return transformers.LlamaForCausalLM(hf_cfg).float().eval()
 
 
 @pytest.mark.parametrize("positions_kind", ["default", "offset"])
