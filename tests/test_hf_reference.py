@@ -206,6 +206,8 @@ def _llama_reference(cfg):
       hidden_act="silu", tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
       attention_dropout=0.0, bos_token_id=0, eos_token_id=0, pad_token_id=None, use_cache=False,
       attn_implementation="eager")
+  rope = getattr(hf_cfg, "rope_parameters", None) or {"rope_theta": hf_cfg.rope_theta}
+  assert rope["rope_theta"] == cfg.rope_theta
   return transformers.LlamaForCausalLM(hf_cfg).float().eval()
 
 
