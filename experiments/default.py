@@ -38,11 +38,11 @@ def get_config():
   c.model.dropout = 0.0
   c.model.dtype = "bfloat16"
 
-  c.train.num_steps = 480
+  c.train.num_steps = 400
   c.train.batch_size = 16
   c.train.seq_len = 256
   c.train.log_every = 20
-  c.train.eval_every = 120
+  c.train.eval_every = 100
   c.train.eval_batches = 20
 
   c.optimizer.learning_rate = 2e-3
