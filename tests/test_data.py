@@ -1,108 +1,156 @@
-"""Local corpora, tokenizers and batches: splits, caching, determinism and bad input."""
+"""Local corpora, the TFDS builder and sources, and bad input."""
+import json
 import os
+import time
 
-import numpy as np
 import pytest
 
-from research.data import ByteTokenizer, SentencePieceTokenizer, build_pipeline, load_corpus
-from research.data.batches import TrainBatches, eval_batches
-from research.data.corpus import DataError
+from research.config import base_config
+from research.data import DataError
+from research.data.corpus import corpus_spec, iter_split
+from research.data.local_builder import build_local_corpus
+from research.data.sources import open_sources
 from tests.conftest import write_corpus
 
 
-def test_split_by_file_keeps_documents_whole(corpus_dir):
-  c = load_corpus(corpus_dir, val_files=("play_3.txt",))
-  assert [os.path.basename(f) for f in c.validation_files] == ["play_3.txt"]
-  assert not set(c.train_files) & set(c.validation_files)
-  assert len(c.train) == 3 and len(c.validation) == 1
+def _docs(spec, split):
+  return [text for _, text in iter_split(spec, split)]
 
 
-def test_split_by_fraction_cuts_at_a_line(tmp_path):
+def test_split_by_file_keeps_works_whole(corpus_dir):
+  spec = corpus_spec(corpus_dir, val_files=("play_3.txt",))
+  assert len(_docs(spec, "train")) == 3 and len(_docs(spec, "validation")) == 1
+  assert _docs(spec, "validation")[0] == open(os.path.join(corpus_dir, "play_3.txt")).read()
+
+
+def test_split_single_document_by_fraction_cuts_at_a_line(tmp_path):
   path = tmp_path / "one.txt"
   path.write_text("".join(f"line {i}\n" for i in range(100)))
-  c = load_corpus(str(path), val_fraction=0.1)
-  assert c.train[0] + c.validation[0] == path.read_text()
-  assert c.validation[0].startswith("line ") and c.train[0].endswith("\n")
-  assert 0.08 < len(c.validation[0]) / len(path.read_text()) < 0.12
+  spec = corpus_spec(str(path), val_fraction=0.1)
+  train, val = _docs(spec, "train"), _docs(spec, "validation")
+  assert train[0] + val[0] == path.read_text()
+  assert val[0].startswith("line ") and 0.08 < len(val[0]) / len(path.read_text()) < 0.12
+
+
+def test_blank_line_documents_and_jsonl(tmp_path):
+  (tmp_path / "a.txt").write_text("KING.\nHello.\n\nQUEEN.\nHi.\n\n\nFOOL.\nHo.\n")
+  spec = corpus_spec(str(tmp_path / "a.txt"), doc_split="blank_lines", val_fraction=0.34)
+  assert _docs(spec, "train") == ["KING.\nHello.\n", "QUEEN.\nHi.\n"]
+  assert _docs(spec, "validation") == ["FOOL.\nHo.\n"]
+  lines = [json.dumps({"body": f"doc {i}", "id": i}) for i in range(10)]
+  (tmp_path / "b.jsonl").write_text("\n".join(lines) + "\n")
+  spec = corpus_spec(str(tmp_path / "b.jsonl"), text_field="body", val_fraction=0.2)
+  assert _docs(spec, "train") == [f"doc {i}" for i in range(8)]
+  assert _docs(spec, "validation") == ["doc 8", "doc 9"]
 
 
 def test_glob_and_directory(corpus_dir):
-  assert len(load_corpus(os.path.join(corpus_dir, "play_[01].txt")).train_files) == 2
-  assert len(load_corpus(corpus_dir).train_files) == 4
+  assert len(corpus_spec(os.path.join(corpus_dir, "play_[01].txt")).files) == 2
+  assert len(corpus_spec(corpus_dir).files) == 4
 
 
 @pytest.mark.parametrize("setup, message", [
     (lambda d: str(d / "missing.txt"), "no such file or directory"),
     (lambda d: str(d / "*.md"), "the glob matches no files"),
-    (lambda d: (d / "sub").mkdir() or str(d / "sub"), "directory holds no .txt files"),
-    (lambda d: (d / "e.txt").write_text("  \n\n") and str(d / "e.txt"), "the corpus is empty"),
-    (lambda d: (d / "bad.txt").write_bytes(b"fine\nstill fine\nbad \xff byte\n") and str(d / "bad.txt"),
-     r"bad.txt:3: bytes that are not UTF-8"),
+    (lambda d: (d / "sub").mkdir() or str(d / "sub"), "directory holds no .txt or .jsonl files"),
 ])
-def test_bad_input_errors(tmp_path, setup, message):
+def test_bad_paths(tmp_path, setup, message):
   with pytest.raises(DataError, match=message):
-    load_corpus(setup(tmp_path))
+    corpus_spec(setup(tmp_path))
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("bad.txt", b"fine\nstill fine\nbad \xff byte\n", r"bad.txt:3: bytes that are not UTF-8"),
+    ("bad.jsonl", b'{"text": "ok"}\n{"text": \n', r"bad.jsonl:2: not a JSON object"),
+    ("bad.jsonl", b'{"text": "ok"}\n{"body": "x"}\n', r"bad.jsonl:2: no string field 'text' \(data.text_field\); it has: body"),
+])
+def test_bad_records_name_file_and_line(tmp_path, name, content, message):
+  (tmp_path / name).write_bytes(content)
+  spec = corpus_spec(str(tmp_path / name))
+  with pytest.raises(DataError, match=message):
+    list(iter_split(spec, "train"))
+
+
+def test_skip_bad_records_counts_them(tmp_path):
+  (tmp_path / "c.jsonl").write_bytes(b'{"text": "one"}\nnot json\n{"text": "two"}\n{"x": 1}\n{"text": "three"}\n')
+  spec = corpus_spec(str(tmp_path / "c.jsonl"), val_fraction=0.34, skip_bad_records=True)
+  builder = build_local_corpus(spec, str(tmp_path / "tfds"), log=lambda *a: None)
+  assert builder.skipped_records() == {"train": 2, "validation": 2}  # each split reads the file once
+  assert builder.info.splits["train"].num_examples == 2
 
 
 def test_val_files_must_match(corpus_dir):
   with pytest.raises(DataError, match="'nope.txt' matches none"):
-    load_corpus(corpus_dir, val_files=("nope.txt",))
+    corpus_spec(corpus_dir, val_files=("nope.txt",))
   with pytest.raises(DataError, match="holds out every file"):
-    load_corpus(corpus_dir, val_files=("*.txt",))
+    corpus_spec(corpus_dir, val_files=("*.txt",))
 
 
-def test_byte_tokenizer_roundtrip():
-  tok = ByteTokenizer()
-  text = "Wherefore art thou — Romeo?\n"
-  assert tok.decode(tok.encode(text)) == text
-  assert tok.vocab_size == 259 and {tok.bos_id, tok.eos_id, tok.pad_id} == {256, 257, 258}
+def test_empty_split_is_an_error(tmp_path):
+  (tmp_path / "e.txt").write_text("  \n\n")
+  (tmp_path / "f.txt").write_text("text\n")
+  with pytest.raises(DataError, match="the train split has no documents"):
+    build_local_corpus(corpus_spec(str(tmp_path / "*.txt"), val_files=("f.txt",)), str(tmp_path / "t"))
 
 
-def test_sentencepiece_trains_once_and_retrains_on_new_settings(corpus_dir, tmp_path):
-  c = load_corpus(corpus_dir, val_files=("play_3.txt",))
+def test_builder_builds_once_and_rebuilds_when_a_file_changes(tmp_path):
+  write_corpus(str(tmp_path / "c"), num_files=3)
   logs = []
-  a = SentencePieceTokenizer.train_or_load(c.train, c.fingerprint, str(tmp_path), 320, "unigram", log=logs.append)
-  b = SentencePieceTokenizer.train_or_load(c.train, c.fingerprint, str(tmp_path), 320, "unigram", log=logs.append)
-  assert a.model_file == b.model_file and "reusing" in logs[-1]
-  other = SentencePieceTokenizer.train_or_load(c.train, c.fingerprint, str(tmp_path), 330, "bpe", log=logs.append)
-  assert other.model_file != a.model_file and other.vocab_size == 330
-  with pytest.raises(DataError, match=r"data.vocab_size=100: SentencePiece training failed: Vocabulary size"):
-    SentencePieceTokenizer.train_or_load(c.train, c.fingerprint, str(tmp_path), 100, "unigram", log=logs.append)
-  text = "KING.\nthe queen spoke of bread.\n"
-  assert a.decode(a.encode(text)) == text  # line breaks survive
+  spec = corpus_spec(str(tmp_path / "c"), val_files=("play_2.txt",))
+  b1 = build_local_corpus(spec, str(tmp_path / "tfds"), log=logs.append)
+  assert sum("building" in m for m in logs) == 1
+  b2 = build_local_corpus(corpus_spec(str(tmp_path / "c"), val_files=("play_2.txt",)), str(tmp_path / "tfds"),
+                          log=logs.append)
+  assert sum("building" in m for m in logs) == 1 and b2.data_dir == b1.data_dir
+  source = b1.as_data_source(split="train")
+  assert len(source) == 2 and source[0]["text"].decode().startswith(("KING", "QUEEN", "FOOL"))
+  time.sleep(0.01)
+  with open(tmp_path / "c" / "play_0.txt", "a") as f:
+    f.write("KING.\nmore.\n")
+  b3 = build_local_corpus(corpus_spec(str(tmp_path / "c"), val_files=("play_2.txt",)), str(tmp_path / "tfds"),
+                          log=logs.append)
+  assert sum("building" in m for m in logs) == 2 and b3.data_dir != b1.data_dir
 
 
-def test_pipeline_streams_and_unigram_entropy(tiny_cfg):
-  p = build_pipeline(tiny_cfg.data, log=lambda *a: None)
-  assert p.train_tokens.dtype == np.uint16
-  assert (p.train_tokens == p.tokenizer.eos_id).sum() == 3  # one EOS after each training document
-  assert 0 < p.unigram_entropy() < np.log(p.tokenizer.vocab_size)
-  again = build_pipeline(tiny_cfg.data, log=lambda *a: None)  # from the on-disk cache
-  np.testing.assert_array_equal(again.train_tokens, p.train_tokens)
+def _data_cfg(**kw):
+  c = base_config().data
+  c.update(kw)
+  return c
 
 
-def test_train_batches_are_a_function_of_step_and_split_by_process():
-  stream = np.arange(1000, dtype=np.uint16)
-  full = TrainBatches(stream, 8, 16, seed=3)
-  b5 = full.batch(5)
-  np.testing.assert_array_equal(b5["inputs"], full.batch(5)["inputs"])
-  np.testing.assert_array_equal(b5["targets"], b5["inputs"] + 1)
-  assert not np.array_equal(b5["inputs"], full.batch(6)["inputs"])
-  halves = [TrainBatches(stream, 8, 16, seed=3, process_index=i, process_count=2).batch(5) for i in (0, 1)]
-  np.testing.assert_array_equal(np.concatenate([h["inputs"] for h in halves]), b5["inputs"])
+def test_tfds_source_by_name_and_errors(tmp_path):
+  import tensorflow_datasets as tfds
+
+  class TinyLines(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+          {"sentence": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(20), "test": self._generate_examples(5)}
+
+    def _generate_examples(self, n):
+      for i in range(n):
+        yield i, {"sentence": f"sentence number {i}"}
+
+  TinyLines(data_dir=str(tmp_path)).download_and_prepare(file_format="array_record")
+  cfg = _data_cfg(tfds_name="tiny_lines", tfds_data_dir=str(tmp_path), tfds_eval_split="test",
+                  tfds_text_feature="sentence")
+  (source,) = open_sources(cfg, str(tmp_path / "cache"))
+  assert len(source.train) == 20 and len(source.validation) == 5
+  assert sorted(source.train[i]["sentence"] for i in range(20)) == sorted(f"sentence number {i}".encode() for i in range(20))
+  with pytest.raises(DataError, match=r"data.tfds_name=no_such_set .*: Dataset no_such_set not found"):
+    open_sources(_data_cfg(tfds_name="no_such_set", tfds_data_dir=str(tmp_path)), str(tmp_path))
+  with pytest.raises(DataError, match=r"split 'validation'\): Unknown split 'validation'"):
+    open_sources(_data_cfg(tfds_name="tiny_lines", tfds_data_dir=str(tmp_path), tfds_text_feature="sentence"),
+                 str(tmp_path))
+  with pytest.raises(DataError, match=r"data.tfds_text_feature='text' is not a feature of tiny_lines; it has: sentence"):
+    open_sources(_data_cfg(tfds_name="tiny_lines", tfds_data_dir=str(tmp_path), tfds_eval_split="test"),
+                 str(tmp_path))
 
 
-def test_eval_batches_cover_split_with_padding():
-  stream = np.arange(100, dtype=np.uint16)
-  batches = eval_batches(stream, batch_size=4, seq_len=10, max_batches=0)
-  assert len(batches) == 3  # 9 windows -> 4 + 4 + 1 (+3 padding rows)
-  assert batches[-1]["weights"].sum() == 10
-  np.testing.assert_array_equal(batches[0]["inputs"][1], np.arange(10, 20))
-  again = eval_batches(stream, batch_size=4, seq_len=10, max_batches=0)
-  np.testing.assert_array_equal(again[2]["inputs"], batches[2]["inputs"])
-
-
-def test_write_corpus_helper_is_deterministic(tmp_path):
-  a = write_corpus(str(tmp_path / "a"), num_files=1)
-  b = write_corpus(str(tmp_path / "b"), num_files=1)
-  assert open(a[0]).read() == open(b[0]).read()
+def test_mixture_entries_are_checked(corpus_dir, tmp_path):
+  with pytest.raises(DataError, match=r"data.mixture\[0\]=.* must be \(source, weight > 0\)"):
+    open_sources(_data_cfg(mixture=((corpus_dir, -1.0),)), str(tmp_path))

@@ -16,10 +16,10 @@ def run_steps(cfg, devices, num_steps=3):
   program = build_program(cfg, make_mesh(cfg.mesh.shape, devices))
   state = program.init_state()
   step = program.compile_train_step()
-  batches = data.train_batches(cfg.train.batch_size, cfg.train.seq_len, cfg.seed)
+  batches = iter(data.train_dataset(cfg.train.batch_size, cfg.train.seq_len, cfg.seed))
   losses = []
   for i in range(num_steps):
-    state, metrics = step(state, program.put_batch(batches.batch(i)))
+    state, metrics = step(state, program.put_batch(next(batches)))
     losses.append(float(metrics["loss"]))
   return losses, state
 

@@ -20,7 +20,11 @@ def _batch(seed=0, batch=8, length=32):
   tokens = rng.integers(0, 256, (batch, length + 1)).astype(np.int32)
   weights = np.ones((batch, length), np.float32)
   weights[-1, 20:] = 0.0  # some padding, so accumulation must weight by tokens, not by rows
-  return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": weights}
+  segments = np.ones((batch, length), np.int32)
+  segments[:, length // 2:] = 2  # two packed documents per row
+  positions = np.concatenate([np.arange(length // 2), np.arange(length - length // 2)])[None].repeat(batch, 0)
+  return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": weights,
+          "positions": positions.astype(np.int32), "segment_ids": segments}
 
 
 @pytest.mark.parametrize("microbatches", [2, 4])

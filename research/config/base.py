@@ -43,14 +43,33 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = model_defaults()
 
   c.data = ml_collections.ConfigDict()
-  c.data.path = ""               # a text file, a directory (its *.txt) or a glob
+  # Sources: data.mixture if set, else data.tfds_name if set, else the local corpus at data.path.
+  c.data.path = ""               # local corpus: a file, a directory (its .txt/.jsonl) or a glob
+  c.data.format = "auto"         # auto (by extension) | text | jsonl
+  c.data.text_field = "text"     # jsonl: the field that holds the text
+  c.data.doc_split = "file"      # text: one document per file | blank_lines (paragraphs/speeches)
   c.data.val_files = ()          # file names / globs (matched on the name) held out for validation
-  c.data.val_fraction = 0.1      # when val_files is empty: the last fraction of each file's text
-  c.data.tokenizer = "byte"      # byte | sentencepiece
+  c.data.val_fraction = 0.1      # when val_files is empty: the last fraction of each file
+  c.data.skip_bad_records = False  # skip (and count) undecodable / malformed records instead of stopping
+  c.data.tfds_name = ""          # a prepared TFDS dataset (array_record), e.g. lm1b
+  c.data.tfds_data_dir = ""      # its data_dir ("" : TFDS's default)
+  c.data.tfds_train_split = "train"
+  c.data.tfds_eval_split = "validation"
+  c.data.tfds_text_feature = "text"
+  c.data.mixture = ()            # ((source, weight), ...): source is a local path/glob or "tfds:NAME"
+  c.data.packing = "pack"        # pack (whole documents, segment ids, no cross-document attention) | chunk
+  c.data.num_workers = 0         # Grain worker processes (0: read in the training process)
+  c.data.read_threads = 2        # threads reading and tokenizing documents in each process
+  c.data.tokenizer = "byte"      # byte | sentencepiece | bpe (GPT-2 files) | tiktoken (a .tiktoken file)
+  c.data.bpe_vocab_file = ""     # bpe: vocab.json
+  c.data.bpe_merges_file = ""    # bpe: merges.txt
+  c.data.tiktoken_file = ""      # tiktoken: a .tiktoken ranks file
+  c.data.tiktoken_pattern = "cl100k"  # tiktoken: pre-tokenisation regex, gpt2 | cl100k
   c.data.vocab_size = 4096       # sentencepiece: size of the trained vocabulary
   c.data.spm_model_type = "unigram"  # sentencepiece: unigram | bpe | char | word
   c.data.spm_model_file = ""     # sentencepiece: load this .model instead of training one
-  c.data.cache_dir = ""          # tokenizers and token arrays; "": $RESEARCH_CACHE or ~/.cache/research
+  c.data.spm_max_documents = 200000  # sentencepiece: train on at most this many documents
+  c.data.cache_dir = ""          # built corpora, tokenizers; "": $RESEARCH_CACHE or ~/.cache/research
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 1000

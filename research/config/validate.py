@@ -24,19 +24,23 @@ CHOICES = {
     "model.attention_impl": ("xla", "cudnn"),
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
-    "data.tokenizer": ("byte", "sentencepiece"),
+    "data.tokenizer": ("byte", "sentencepiece", "bpe", "tiktoken"),
+    "data.tiktoken_pattern": ("gpt2", "cl100k"),
+    "data.format": ("auto", "text", "jsonl"),
+    "data.doc_split": ("file", "blank_lines"),
+    "data.packing": ("pack", "chunk"),
     "data.spm_model_type": ("unigram", "bpe", "char", "word"),
     "train.nonfinite": ("stop", "skip"),
     "optimizer.schedule": ("warmup_cosine", "warmup_linear", "wsd", "constant"),
 }
 POSITIVE = ("model.max_seq_len", "model.num_layers", "model.embed_dim", "model.num_heads",
             "model.vocab_multiple", "train.num_steps", "train.batch_size", "train.seq_len",
-            "train.microbatches", "train.log_every", "data.vocab_size")
+            "train.microbatches", "train.log_every", "data.vocab_size", "data.spm_max_documents")
 NON_NEGATIVE = ("model.vocab_size", "model.num_kv_heads", "model.head_dim", "model.mlp_dim",
                 "train.eval_every", "train.eval_batches", "train.sample_at_end",
                 "train.sample_tokens", "optimizer.warmup_steps", "optimizer.decay_steps",
                 "optimizer.weight_decay", "optimizer.grad_clip_norm", "model.dropout",
-                "optimizer.final_learning_rate")
+                "optimizer.final_learning_rate", "data.num_workers", "data.read_threads")
 
 
 def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
@@ -152,7 +156,8 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError(f"optimizer.b1={o.b1}, optimizer.b2={o.b2} must be in [0, 1)")
   if not 0.0 < cfg.data.val_fraction < 1.0:
     raise ConfigError(f"data.val_fraction={cfg.data.val_fraction} must be in (0, 1)")
-  if not cfg.data.path:
-    raise ConfigError("data.path is empty; give a text file, a directory or a glob")
+  if not (cfg.data.path or cfg.data.tfds_name or cfg.data.mixture):
+    raise ConfigError("data.path is empty (and no data.tfds_name or data.mixture); give a text file, "
+                      "a directory or a glob")
   if t.sample_temperature < 0:
     raise ConfigError(f"train.sample_temperature={t.sample_temperature} must be >= 0")

@@ -1,79 +1,163 @@
-"""From a config to a tokenizer, cached token streams, and train/eval batch sources."""
+"""Grain pipelines from sources to token batches, per process, deterministic and resumable.
+
+Train: for each source, shuffle documents (seeded, reshuffled every epoch) -> this process's share ->
+tokenize + EOS -> mix sources by weight -> either pack whole documents into rows (segment ids and
+per-document positions, so attention never crosses documents) or concatenate-and-chunk -> batch ->
+optional worker processes. The iterator's state (`get_state()`, a small JSON-able dict) restores it to
+the exact next batch.
+Eval: the validation split(s) in order, packed/chunked the same way, the same batches every time.
+
+Batches are dicts of [rows, seq_len] arrays: inputs, targets (int32), weights (float32, 0 on
+padding) and, when packing, positions and segment_ids (int32).
+"""
 from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
+import grain
 import numpy as np
 
-from research.data.batches import TrainBatches, eval_batches
-from research.data.corpus import Corpus, DataError, load_corpus
-from research.data.tokenizers import ByteTokenizer, SentencePieceTokenizer, Tokenizer
+from research.data.sources import Source, open_sources, text_of
+from research.data.tokenizers import Tokenizer, make_tokenizer
 
 
 def default_cache_dir() -> str:
   return os.environ.get("RESEARCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "research")
 
 
-def make_tokenizer(data_cfg, corpus: Corpus | None, cache_dir: str, log=print) -> Tokenizer:
-  if data_cfg.tokenizer == "byte":
-    return ByteTokenizer()
-  if data_cfg.spm_model_file:
-    return SentencePieceTokenizer(data_cfg.spm_model_file)
-  return SentencePieceTokenizer.train_or_load(
-      corpus.train, corpus.fingerprint, cache_dir, data_cfg.vocab_size, data_cfg.spm_model_type, log=log)
+class Tokenize(grain.transforms.Map):
+  """record -> int32 token ids of its text, then EOS."""
+
+  def __init__(self, tokenizer: Tokenizer, feature: str):
+    self.tokenizer, self.feature = tokenizer, feature
+
+  def map(self, record) -> np.ndarray:
+    ids = self.tokenizer.encode(text_of(record, self.feature))
+    ids.append(self.tokenizer.eos_id)
+    return np.asarray(ids, np.int32)
 
 
-def tokenize_documents(texts, tokenizer: Tokenizer, cache_file: str | None) -> np.ndarray:
-  """Documents -> one stream, each document followed by EOS. Cached as .npy when `cache_file`."""
-  if cache_file and os.path.isfile(cache_file):
-    return np.load(cache_file)
-  dtype = np.uint16 if tokenizer.vocab_size <= 65535 else np.int32
-  parts = []
-  for text in texts:
-    parts.append(np.asarray(tokenizer.encode(text), dtype))
-    parts.append(np.asarray([tokenizer.eos_id], dtype))
-  stream = np.concatenate(parts) if parts else np.zeros((0,), dtype)
-  if cache_file:
-    os.makedirs(os.path.dirname(cache_file), exist_ok=True)
-    tmp = cache_file + f".tmp{os.getpid()}.npy"
-    np.save(tmp, stream)
-    os.replace(tmp, cache_file)
-  return stream
+class SplitForPacking(grain.experimental.FlatMapTransform):
+  """A document longer than a row becomes several pieces of seq_len (+1 for the shifted target),
+  overlapping by one token so that no target is lost."""
+
+  max_fan_out = 1 << 20
+
+  def __init__(self, seq_len: int):
+    self.seq_len = seq_len
+
+  def flat_map(self, tokens: np.ndarray):
+    n, pieces = self.seq_len, []
+    for start in range(0, len(tokens) - 1, n):
+      m = min(n, len(tokens) - 1 - start)  # inputs and targets of equal length
+      pieces.append({"inputs": tokens[start:start + m], "targets": tokens[start + 1:start + 1 + m]})
+    return pieces
+
+
+def _packed_to_batch(row: dict) -> dict:
+  segments = row["inputs_segment_ids"].astype(np.int32)
+  return {"inputs": row["inputs"].astype(np.int32), "targets": row["targets"].astype(np.int32),
+          "weights": (segments > 0).astype(np.float32), "positions": row["inputs_positions"].astype(np.int32),
+          "segment_ids": segments}
+
+
+def _chunk_to_batch(row: dict) -> dict:
+  tokens = row["tokens"].astype(np.int32)
+  return {"inputs": tokens[:-1], "targets": tokens[1:], "weights": np.ones(len(tokens) - 1, np.float32)}
+
+
+def rows_from_documents(docs: grain.IterDataset, packing: str, seq_len: int, seed: int,
+                        num_bins: int, shuffle_bins: bool) -> grain.IterDataset:
+  """Token documents -> fixed-length training rows (dicts of [seq_len] arrays)."""
+  if packing == "pack":
+    pieces = grain.experimental.FlatMapIterDataset(docs, SplitForPacking(seq_len))
+    packed = grain.experimental.FirstFitPackIterDataset(
+        pieces, length_struct={"inputs": seq_len, "targets": seq_len}, num_packing_bins=num_bins,
+        seed=seed, shuffle_bins=shuffle_bins)
+    return packed.map(_packed_to_batch)
+  chunks = grain.experimental.ConcatThenSplitIterDataset(
+      docs.map(lambda t: {"tokens": t}), length_struct={"tokens": seq_len + 1})
+  return chunks.map(_chunk_to_batch)
 
 
 @dataclasses.dataclass
 class DataPipeline:
+  cfg: Any                 # the data config
   tokenizer: Tokenizer
-  train_tokens: np.ndarray
-  val_tokens: np.ndarray
-  corpus: Corpus
+  sources: list[Source]
 
-  def train_batches(self, batch_size, seq_len, seed, process_index=0, process_count=1) -> TrainBatches:
-    return TrainBatches(self.train_tokens, batch_size, seq_len, seed, process_index, process_count)
+  @property
+  def batch_keys(self) -> tuple[str, ...]:
+    keys = ("inputs", "targets", "weights")
+    return keys + ("positions", "segment_ids") if self.cfg.packing == "pack" else keys
 
-  def eval_batches(self, batch_size, seq_len, max_batches, process_index=0, process_count=1):
-    return eval_batches(self.val_tokens, batch_size, seq_len, max_batches, process_index, process_count)
+  def train_dataset(self, batch_size: int, seq_len: int, seed: int, process_index: int = 0,
+                    process_count: int = 1) -> grain.IterDataset:
+    """This process's rows of each global batch (batch_size // process_count of them)."""
+    rows = batch_size // process_count
+    read = grain.ReadOptions(num_threads=max(1, self.cfg.read_threads), prefetch_buffer_size=64)
+    docs = []
+    for i, source in enumerate(self.sources):
+      ds = grain.MapDataset.source(source.train).shuffle(seed=seed + 7919 * i).repeat(None)
+      ds = ds[process_index::process_count].map(Tokenize(self.tokenizer, source.feature))
+      docs.append(ds.to_iter_dataset(read))
+    mixed = docs[0] if len(docs) == 1 else grain.IterDataset.mix(docs, [s.weight for s in self.sources])
+    ds = rows_from_documents(mixed, self.cfg.packing, seq_len, seed, num_bins=rows, shuffle_bins=True)
+    ds = ds.batch(rows, drop_remainder=True)
+    if self.cfg.num_workers > 0:
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.cfg.num_workers))
+    return ds
 
-  def unigram_entropy(self) -> float:
-    """Entropy (nats/token) of the training split's token frequencies: a model that learned
-    nothing but the frequencies scores this on similar text."""
-    counts = np.bincount(self.train_tokens.astype(np.int64), minlength=self.tokenizer.vocab_size)
+  def eval_batches(self, batch_size: int, seq_len: int, max_batches: int, process_index: int = 0,
+                   process_count: int = 1) -> list[dict]:
+    """Validation rows in order (all sources, one after the other); the last batch is padded with
+    zero-weight rows. max_batches=0: the whole split. Every process builds the same global batches
+    and keeps its own rows."""
+    docs = grain.MapDataset.concatenate(
+        [grain.MapDataset.source(s.validation).map(Tokenize(self.tokenizer, s.feature)) for s in self.sources])
+    ds = rows_from_documents(docs.to_iter_dataset(), self.cfg.packing, seq_len, seed=0, num_bins=batch_size, shuffle_bins=False)
+    per = batch_size // process_count
+    batches, rows = [], []
+    for row in ds:
+      rows.append(row)
+      if len(rows) == batch_size:
+        batches.append(_stack(rows))
+        rows = []
+        if max_batches and len(batches) == max_batches:
+          break
+    if rows and not (max_batches and len(batches) == max_batches):
+      pad = {k: np.zeros_like(v) for k, v in rows[0].items()}
+      batches.append(_stack(rows + [pad] * (batch_size - len(rows))))
+    if not batches:
+      raise ValueError("the validation split yields no rows")
+    return [{k: v[process_index * per:(process_index + 1) * per] for k, v in b.items()} for b in batches]
+
+  def unigram_entropy(self, max_tokens: int = 2_000_000) -> float:
+    """Entropy (nats/token) of token frequencies in (up to max_tokens of) the first source's training
+    split: a model that learned only the frequencies scores about this."""
+    counts = np.zeros(self.tokenizer.vocab_size, np.int64)
+    tok = Tokenize(self.tokenizer, self.sources[0].feature)
+    for i in range(len(self.sources[0].train)):
+      counts += np.bincount(tok.map(self.sources[0].train[i]), minlength=len(counts))
+      if counts.sum() >= max_tokens:
+        break
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
 
 
+def _stack(rows: list[dict]) -> dict:
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
 def build_pipeline(data_cfg, log=print) -> DataPipeline:
   cache_dir = data_cfg.cache_dir or default_cache_dir()
-  corpus = load_corpus(data_cfg.path, tuple(data_cfg.val_files), data_cfg.val_fraction)
-  tokenizer = make_tokenizer(data_cfg, corpus, cache_dir, log=log)
-  key = f"{corpus.fingerprint}-{tokenizer.fingerprint}"
-  streams = os.path.join(cache_dir, "tokens", key)
-  train = tokenize_documents(corpus.train, tokenizer, os.path.join(streams, "train.npy"))
-  val = tokenize_documents(corpus.validation, tokenizer, os.path.join(streams, "validation.npy"))
-  if len(val) < 2:
-    raise DataError(f"data.path={data_cfg.path}: the validation split is empty; adjust data.val_files or "
-                    "data.val_fraction")
-  log(f"data: {len(corpus.train_files)} train / {len(corpus.validation_files)} validation file(s), "
-      f"{len(train):,} / {len(val):,} tokens, vocab {tokenizer.vocab_size}")
-  return DataPipeline(tokenizer, train, val, corpus)
+  sources = open_sources(data_cfg, cache_dir, log=log)
+  tokenizer = make_tokenizer(data_cfg, sources, cache_dir, log=log)
+  for s in sources:
+    log(f"data: {s.name}: {len(s.train):,} train / {len(s.validation):,} validation documents"
+        + (f", weight {s.weight:g}" if len(sources) > 1 else "")
+        + (f", {s.skipped_records} bad record(s) skipped" if s.skipped_records else ""))
+  log(f"data: tokenizer {tokenizer.fingerprint}, vocab {tokenizer.vocab_size}; packing={data_cfg.packing}")
+  return DataPipeline(data_cfg, tokenizer, sources)

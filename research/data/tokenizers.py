@@ -1,6 +1,7 @@
 """Tokenizers behind one interface: encode, decode, vocab_size, bos_id, eos_id, pad_id.
 
 - ByteTokenizer: UTF-8 bytes 0..255, then BOS, EOS, PAD (259 ids).
+- GPT-2 BPE (vocab.json + merges.txt) and .tiktoken files: see bpe_tokenizers.py.
 - SentencePieceTokenizer: loads a .model file, or trains one on the training split and caches it
   under the cache directory keyed by the corpus fingerprint and every training setting, so that
   changing a setting trains a new one instead of silently reusing the old.
@@ -55,6 +56,12 @@ class SentencePieceTokenizer:
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text)
 
+  def __getstate__(self):  # picklable for data-loader worker processes: reload from the file
+    return {"model_file": self.model_file}
+
+  def __setstate__(self, state):
+    self.__init__(state["model_file"])
+
   def decode(self, ids: Sequence[int]) -> str:
     return self._sp.decode([int(i) for i in ids if 0 <= int(i) < self.vocab_size])
 
@@ -99,3 +106,31 @@ def _train_spm(spm, out, sentence_iterator, vocab_key, **kwargs) -> None:
   except RuntimeError as e:  # e.g. a vocabulary too small for the corpus' characters + 256 bytes
     reason = str(e).split("]")[-1].strip()
     raise DataError(f"{vocab_key}={kwargs['vocab_size']}: SentencePiece training failed: {reason}") from None
+
+
+def make_tokenizer(data_cfg, sources, cache_dir: str, log=print) -> Tokenizer:
+  """The tokenizer `data.tokenizer` names; SentencePiece trains on up to `data.spm_max_documents`
+  training documents of the source(s) unless `data.spm_model_file` is given."""
+  if data_cfg.tokenizer == "byte":
+    return ByteTokenizer()
+  if data_cfg.tokenizer == "bpe":
+    from research.data.bpe_tokenizers import GPT2BPETokenizer
+    return GPT2BPETokenizer(data_cfg.bpe_vocab_file, data_cfg.bpe_merges_file)
+  if data_cfg.tokenizer == "tiktoken":
+    from research.data.bpe_tokenizers import TiktokenTokenizer
+    return TiktokenTokenizer(data_cfg.tiktoken_file, pattern=data_cfg.tiktoken_pattern)
+  if data_cfg.tokenizer != "sentencepiece":
+    raise DataError(f"data.tokenizer={data_cfg.tokenizer!r} is not one of byte, sentencepiece, bpe, tiktoken")
+  if data_cfg.spm_model_file:
+    return SentencePieceTokenizer(data_cfg.spm_model_file)
+  from research.data.sources import text_of
+  per_source = max(1, data_cfg.spm_max_documents // len(sources))
+
+  def texts():
+    for s in sources:
+      for i in range(min(len(s.train), per_source)):
+        yield text_of(s.train[i], s.feature)
+
+  fingerprint = hashlib.sha256("|".join(s.fingerprint for s in sources).encode()).hexdigest()[:16]
+  return SentencePieceTokenizer.train_or_load(texts(), f"{fingerprint}-{per_source}", cache_dir,
+                                              data_cfg.vocab_size, data_cfg.spm_model_type, log=log)

@@ -41,10 +41,14 @@ class TrainProgram:
       return jax.jit(init, out_shardings=self.shardings)()
 
   def abstract_batch(self, batch_size: int, seq_len: int) -> dict:
-    shape, sh = (batch_size, seq_len), self.batch_sharding
-    return {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sh),
-            "targets": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sh),
-            "weights": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sh)}
+    """inputs/targets/weights, plus positions/segment_ids when data.packing is 'pack'."""
+    keys = ("inputs", "targets", "weights") + (("positions", "segment_ids") if self.packed else ())
+    return {k: jax.ShapeDtypeStruct((batch_size, seq_len), jnp.float32 if k == "weights" else jnp.int32,
+                                    sharding=self.batch_sharding) for k in keys}
+
+  @property
+  def packed(self) -> bool:
+    return self.cfg.data.packing == "pack"
 
   def abstract_state(self) -> TrainState:
     init = make_init_fn(self.cfg.model, self.graphdef, self.optimizer, self.cfg.seed)

@@ -56,7 +56,7 @@ def train(cfg, workdir: str, log=print) -> dict:
   data = build_pipeline(cfg.data, log=log)
   resolve_vocab(cfg, data.tokenizer)
   pid, nproc = jax.process_index(), jax.process_count()
-  train_batches = data.train_batches(t.batch_size, t.seq_len, cfg.seed, pid, nproc)
+  train_iter = iter(data.train_dataset(t.batch_size, t.seq_len, cfg.seed, pid, nproc))
 
   # ---------------------------------------------------------------- model, optimizer, shardings
   program = build_program(cfg, mesh)
@@ -87,6 +87,9 @@ def train(cfg, workdir: str, log=print) -> dict:
 
   # ---------------------------------------------------------------- loop
   writer = MetricsWriter(workdir, enabled=is_main, tensorboard=t.tensorboard)
+  skipped_records = sum(s.skipped_records for s in data.sources)
+  if skipped_records:
+    writer.write(0, {"skipped_records": skipped_records})
   progress = Progress(t.num_steps, 0, enabled=is_main, live=t.progress and sys.stderr.isatty())
   tokens_per_step = t.batch_size * t.seq_len
   window = {"loss": [], "grad_norm": [], "t0": time.time(), "steps": 0}
@@ -132,7 +135,7 @@ def train(cfg, workdir: str, log=print) -> dict:
   pending = None
   try:
     for step in range(t.num_steps):
-      state, metrics = step_fn(state, program.put_batch(train_batches.batch(step)))
+      state, metrics = step_fn(state, program.put_batch(next(train_iter)))
       if pending is not None:
         finish_step(*pending)
       pending = (step + 1, metrics)
@@ -147,6 +150,8 @@ def train(cfg, workdir: str, log=print) -> dict:
     final_eval = run_eval(t.num_steps)
   finally:
     progress.close()
+    if hasattr(train_iter, "close"):
+      train_iter.close()  # stops data-loader worker processes
 
   # ---------------------------------------------------------------- wrap up
   entropy = data.unigram_entropy()

@@ -1,0 +1,132 @@
+"""Grain pipelines: packing honoured by the model, per-process shares, exact resume, eval, mixtures."""
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from research.data import build_pipeline
+from research.models import DecoderLM, preset_config
+from tests.conftest import write_corpus
+
+
+def _pipeline(cfg, **data):
+  cfg.data.update(data)
+  return build_pipeline(cfg.data, log=lambda *a: None)
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def _same(batches_a, batches_b):
+  assert len(batches_a) == len(batches_b)
+  for a, b in zip(batches_a, batches_b):
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_packed_batches(tiny_cfg):
+  p = _pipeline(tiny_cfg, doc_split="blank_lines", packing="pack")
+  (batch,) = _take(iter(p.train_dataset(8, 128, seed=0)), 1)
+  assert set(batch) == {"inputs", "targets", "weights", "positions", "segment_ids"}
+  assert all(v.shape == (8, 128) for v in batch.values())
+  seg, pos, w = batch["segment_ids"], batch["positions"], batch["weights"]
+  np.testing.assert_array_equal(w, (seg > 0).astype(np.float32))
+  assert seg.max() > 1  # several documents per row
+  for r in range(8):  # positions restart at 0 at every document start
+    starts = np.flatnonzero(np.diff(seg[r], prepend=-1) != 0)
+    assert all(pos[r, s] == 0 for s in starts if seg[r, s] > 0)
+  # a document's last target is EOS, unless it is a row-long piece of a longer document
+  eos = p.tokenizer.eos_id
+  for r in range(8):
+    for s in set(seg[r][seg[r] > 0].tolist()):
+      idx = np.flatnonzero(seg[r] == s)
+      assert batch["targets"][r, idx[-1]] == eos or len(idx) == 128
+
+
+def test_packed_row_gives_per_document_logits(tiny_cfg):
+  p = _pipeline(tiny_cfg, doc_split="blank_lines", packing="pack")
+  (batch,) = _take(iter(p.train_dataset(8, 64, seed=0)), 1)
+  r = int(np.argmax(batch["segment_ids"].max(axis=1)))  # the row with the most documents
+  assert batch["segment_ids"][r].max() > 1
+  model = DecoderLM(preset_config("llama-tiny", vocab_size=320), rngs=nnx.Rngs(0))
+  row = {k: jnp.asarray(v[r:r + 1]) for k, v in batch.items()}
+  packed = np.asarray(model(row["inputs"], positions=row["positions"], segment_ids=row["segment_ids"]))
+  seg = batch["segment_ids"][r]
+  for s in set(seg[seg > 0].tolist()):
+    idx = np.flatnonzero(seg == s)
+    alone = np.asarray(model(jnp.asarray(batch["inputs"][r:r + 1, idx])))
+    np.testing.assert_allclose(packed[0, idx], alone[0], atol=1e-5)
+
+
+def test_chunked_batches_are_full_rows(tiny_cfg):
+  p = _pipeline(tiny_cfg, packing="chunk")
+  (batch,) = _take(iter(p.train_dataset(8, 32, seed=0)), 1)
+  assert set(batch) == {"inputs", "targets", "weights"}
+  assert batch["weights"].min() == 1.0
+  np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
+
+
+def test_process_shares(tiny_cfg):
+  p = _pipeline(tiny_cfg, doc_split="blank_lines")
+  shares = [_take(iter(p.train_dataset(8, 32, seed=0, process_index=i, process_count=2)), 2) for i in (0, 1)]
+  assert shares[0][0]["inputs"].shape == (4, 32)
+  assert not np.array_equal(shares[0][0]["inputs"], shares[1][0]["inputs"])
+
+
+@pytest.mark.parametrize("packing", ["pack", "chunk"])
+def test_resume_gives_exactly_the_next_batches(tiny_cfg, tmp_path, packing):
+  other = tmp_path / "other"
+  write_corpus(str(other), num_files=3, seed=1)
+  p = _pipeline(tiny_cfg, doc_split="blank_lines", packing=packing,
+                mixture=((tiny_cfg.data.path, 0.7), (str(other), 0.3)), val_files=("play_[23].txt",))
+  uninterrupted = _take(iter(p.train_dataset(8, 32, seed=5)), 12)
+  it = iter(p.train_dataset(8, 32, seed=5))
+  _take(it, 7)
+  state = json.loads(json.dumps(it.get_state()))  # small and JSON-serialisable
+  assert len(json.dumps(state)) < 4096
+  resumed = iter(p.train_dataset(8, 32, seed=5))
+  resumed.set_state(state)
+  _same(_take(resumed, 5), uninterrupted[7:])
+  _same(_take(iter(p.train_dataset(8, 32, seed=5)), 3), uninterrupted[:3])  # same seed, same batches
+  assert not np.array_equal(_take(iter(p.train_dataset(8, 32, seed=6)), 1)[0]["inputs"],
+                            uninterrupted[0]["inputs"])
+
+
+def test_resume_with_worker_processes(tiny_cfg):
+  p = _pipeline(tiny_cfg, doc_split="blank_lines", packing="chunk", num_workers=2)
+  reference = _take(iter(_pipeline(tiny_cfg, num_workers=0).train_dataset(8, 32, seed=1)), 6)
+  it = iter(p.train_dataset(8, 32, seed=1))
+  first = _take(it, 3)
+  state = it.get_state()
+  it.close()
+  resumed = iter(p.train_dataset(8, 32, seed=1))
+  resumed.set_state(state)
+  rest = _take(resumed, 3)
+  resumed.close()
+  _same(first + rest, reference)  # workers change nothing but speed
+
+
+def test_eval_batches_are_fixed(tiny_cfg):
+  p = _pipeline(tiny_cfg, doc_split="blank_lines")
+  a = p.eval_batches(8, 32, max_batches=0)
+  b = p.eval_batches(8, 32, max_batches=0)
+  _same(a, b)
+  assert len(p.eval_batches(8, 32, max_batches=2)) == 2
+  halves = [p.eval_batches(8, 32, 0, process_index=i, process_count=2) for i in (0, 1)]
+  np.testing.assert_array_equal(np.concatenate([halves[0][0]["inputs"], halves[1][0]["inputs"]]), a[0]["inputs"])
+
+
+def test_mixture_follows_weights(tmp_path, tiny_cfg):
+  for name, letter in (("a", "a"), ("b", "b")):
+    (tmp_path / name).mkdir()
+    for i in range(4):
+      (tmp_path / name / f"{i}.txt").write_text("\n\n".join(letter * (5 + j % 7) for j in range(50)))
+  p = _pipeline(tiny_cfg, doc_split="blank_lines", packing="pack", val_fraction=0.2, val_files=(),
+                mixture=((str(tmp_path / "a"), 3.0), (str(tmp_path / "b"), 1.0)))
+  tokens = np.concatenate([b["inputs"][b["weights"] > 0] for b in _take(iter(p.train_dataset(8, 32, seed=0)), 10)])
+  share_a = (tokens == ord("a")).sum() / ((tokens == ord("a")).sum() + (tokens == ord("b")).sum())
+  assert 0.65 < share_a < 0.85
