@@ -27,7 +27,7 @@ def parse_flags(argv):
 
 
 def main(_):
-  logging.set_verbosity(logging.WARNING)  # keep JAX's backend-probing INFO lines off the console
+  logging.set_verbosity(logging.ERROR)  # keep JAX backend probing and TFDS chatter off the console
   from research.train.trainer import NonFiniteError, train
   try:
     cfg = apply_overrides(load_experiment(FLAGS.config), _OVERRIDES)

@@ -55,6 +55,7 @@ def build_local_corpus(spec: CorpusSpec, data_dir: str, log=print) -> LocalTextC
   builder = LocalTextCorpus(spec, data_dir)
   if not builder.is_prepared():
     log(f"data: building {spec.path} ({len(spec.files)} file(s)) into {builder.data_dir}")
+    tfds.disable_progress_bar()
     try:
       builder.download_and_prepare(file_format="array_record")
     except AssertionError as e:  # TFDS refuses a split without examples

@@ -1,0 +1,54 @@
+"""Benchmarks (never tests): print one JSON line.
+
+  python scripts/benchmark.py --mode=train --config=experiments/<name>.py [--steps=N] [--config.<key>=...]
+      N train steps on synthetic tokens after a warm-up: tokens_per_sec, step_time_ms (median) and its
+      spread, mfu, peak_flops, flops_per_token, memory_bytes_per_device.
+  python scripts/benchmark.py --mode=data --config=experiments/<name>.py [--steps=N]
+      the data pipeline alone (read, tokenize, pack/chunk, batch): tokens_per_sec, and the ratio to
+      what the train step consumes when --compare_train is set.
+"""
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+
+from research.config.cli import apply_overrides, load_experiment, split_argv  # noqa: E402
+
+flags.DEFINE_string("config", None, "Experiment file, optionally with a variant.")
+flags.DEFINE_enum("mode", "train", ["train", "data"], "What to measure.")
+flags.DEFINE_integer("steps", 20, "Measured steps (train) or batches (data).")
+flags.DEFINE_integer("warmup", 3, "Steps or batches before measuring.")
+flags.DEFINE_bool("compare_train", False, "data mode: also measure the train step and report the ratio.")
+flags.mark_flags_as_required(["config"])
+FLAGS = flags.FLAGS
+_OVERRIDES: list[str] = []
+
+
+def parse_flags(argv):
+  rest, overrides = split_argv(argv)
+  _OVERRIDES.extend(overrides)
+  return FLAGS(rest)
+
+
+def main(_):
+  logging.set_verbosity(logging.ERROR)
+  from research.perf.benchmark import benchmark_data, benchmark_train
+  cfg = apply_overrides(load_experiment(FLAGS.config), _OVERRIDES)
+  if FLAGS.mode == "train":
+    result = benchmark_train(cfg, FLAGS.steps, FLAGS.warmup)
+  else:
+    result = benchmark_data(cfg, FLAGS.steps, FLAGS.warmup)
+    if FLAGS.compare_train:
+      train = benchmark_train(cfg, max(5, FLAGS.steps // 4), FLAGS.warmup)
+      result["train_tokens_per_sec"] = train["tokens_per_sec"]
+      result["ratio_to_train_step"] = result["tokens_per_sec"] / train["tokens_per_sec"]
+  result.update(config=FLAGS.config, overrides=_OVERRIDES, time=time.strftime("%Y-%m-%d %H:%M:%S"))
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)
