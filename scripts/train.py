@@ -1,6 +1,9 @@
 """Pretrain a language model.
 
   python scripts/train.py --config=experiments/<name>.py[:variant] --workdir=DIR [--config.<key>=<value> ...]
+
+A workdir that holds checkpoints resumes from the newest readable one (--fresh starts over,
+--restore_step=N picks one). SIGTERM saves a checkpoint and exits 0.
 """
 import os
 import sys
@@ -15,6 +18,9 @@ from research.data.corpus import DataError  # noqa: E402
 
 flags.DEFINE_string("config", None, "Experiment file, optionally with a variant: experiments/x.py[:arg].")
 flags.DEFINE_string("workdir", None, "Where metrics, TensorBoard logs and checkpoints go.")
+flags.DEFINE_bool("fresh", False, "Start at step 0 even if the workdir holds checkpoints (they are moved "
+                  "aside, not deleted).")
+flags.DEFINE_integer("restore_step", None, "Resume from this checkpoint step instead of the newest.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 _OVERRIDES: list[str] = []
@@ -28,11 +34,16 @@ def parse_flags(argv):
 
 def main(_):
   logging.set_verbosity(logging.ERROR)  # keep JAX backend probing and TFDS chatter off the console
+  from research.checkpoint import CheckpointError
   from research.train.trainer import NonFiniteError, train
+  if FLAGS.fresh and FLAGS.restore_step is not None:
+    print("error: --fresh and --restore_step exclude each other", file=sys.stderr)
+    sys.exit(1)
+  resume = "fresh" if FLAGS.fresh else "latest" if FLAGS.restore_step is None else FLAGS.restore_step
   try:
     cfg = apply_overrides(load_experiment(FLAGS.config), _OVERRIDES)
-    train(cfg, FLAGS.workdir)
-  except (ConfigError, DataError, NonFiniteError) as e:
+    train(cfg, FLAGS.workdir, resume=resume)  # a preempted run returns normally: exit 0
+  except (ConfigError, DataError, NonFiniteError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
 

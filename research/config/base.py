@@ -102,6 +102,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.no_decay = (r"_norm/", r"/bias$", r"^(embed|pos_embed)/")
   c.optimizer.grad_clip_norm = 1.0   # 0: no clipping
 
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 1000    # save every this many steps (0: not by steps)
+  c.checkpoint.every_minutes = 0.0   # and/or at most this often by wall-clock (0: not by time)
+  c.checkpoint.keep_last = 3         # retention: the newest N ...
+  c.checkpoint.keep_every_steps = 0  # ... plus every K-th step (0: none) ...
+  c.checkpoint.keep_best = 0         # ... plus the best N by checkpoint.best_metric (0: none)
+  c.checkpoint.best_metric = "eval_loss"
+  c.checkpoint.best_mode = "min"     # min | max
+  c.checkpoint.async_save = True     # write in the background while training goes on
+  c.checkpoint.save_at_end = True
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1, 1)          # (data, fsdp, tensor); one entry may be -1 ("the rest")
   c.mesh.rules = tuple((name, axes) for name, axes in DEFAULT_RULES)

@@ -31,16 +31,20 @@ CHOICES = {
     "data.packing": ("pack", "chunk"),
     "data.spm_model_type": ("unigram", "bpe", "char", "word"),
     "train.nonfinite": ("stop", "skip"),
+    "checkpoint.best_mode": ("min", "max"),
     "optimizer.schedule": ("warmup_cosine", "warmup_linear", "wsd", "constant"),
 }
 POSITIVE = ("model.max_seq_len", "model.num_layers", "model.embed_dim", "model.num_heads",
             "model.vocab_multiple", "train.num_steps", "train.batch_size", "train.seq_len",
-            "train.microbatches", "train.log_every", "data.vocab_size", "data.spm_max_documents")
+            "train.microbatches", "train.log_every", "data.vocab_size", "data.spm_max_documents",
+            "checkpoint.keep_last")
 NON_NEGATIVE = ("model.vocab_size", "model.num_kv_heads", "model.head_dim", "model.mlp_dim",
                 "train.eval_every", "train.eval_batches", "train.sample_at_end",
                 "train.sample_tokens", "optimizer.warmup_steps", "optimizer.decay_steps",
                 "optimizer.weight_decay", "optimizer.grad_clip_norm", "model.dropout",
-                "optimizer.final_learning_rate", "data.num_workers", "data.read_threads")
+                "optimizer.final_learning_rate", "data.num_workers", "data.read_threads",
+                "checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.keep_every_steps",
+                "checkpoint.keep_best")
 
 
 def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:

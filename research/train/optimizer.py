@@ -7,24 +7,14 @@ import jax
 import optax
 
 from research.train.schedules import make_schedule
-
-
-def param_path(path) -> str:
-  """A key path from jax.tree_util as 'blocks/0/attn/q/kernel'."""
-  parts = []
-  for key in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-  return "/".join(parts)
+from research.treepaths import path_str
 
 
 def weight_decay_mask(params, no_decay_patterns) -> object:
   """True where weight decay applies: every parameter whose path matches none of the patterns."""
   regexes = [re.compile(p) for p in no_decay_patterns]
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: not any(r.search(param_path(path)) for r in regexes), params)
+      lambda path, _: not any(r.search(path_str(path)) for r in regexes), params)
 
 
 def make_optimizer(opt_cfg, num_steps: int, params) -> tuple[optax.GradientTransformation, optax.Schedule]:

@@ -13,6 +13,8 @@ import time
 import jax
 import numpy as np
 
+from research.checkpoint import CheckpointError, Checkpointer, PreemptionWatcher
+from research.checkpoint.manager import code_version
 from research.config import ConfigError, validate_config
 from research.data import build_pipeline
 from research.infer.sample import sample_text
@@ -38,10 +40,23 @@ def resolve_vocab(cfg, tokenizer) -> None:
                       f"{tokenizer.vocab_size} ids; set it to 0 to take the tokenizer's size")
 
 
-def train(cfg, workdir: str, log=print) -> dict:
-  """Runs the whole training described by `cfg`; metrics and config go to `workdir`.
+def truncate_metrics(path: str, step: int) -> None:
+  """On resume from `step`, drop records of later steps (they will be produced again)."""
+  if not os.path.isfile(path):
+    return
+  with open(path) as f:
+    lines = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+  with open(path + ".tmp", "w") as f:
+    f.writelines(lines)
+  os.replace(path + ".tmp", path)
 
-  Returns a summary dict (final eval loss, unigram entropy, tokens, timings, samples).
+
+def train(cfg, workdir: str, log=print, resume: str | int = "latest") -> dict:
+  """Runs the whole training described by `cfg`; metrics, config and checkpoints go to `workdir`.
+
+  resume: "latest" (the newest readable checkpoint in workdir, if any), "fresh" (start at step 0;
+  existing checkpoints are moved aside, never deleted), or a step number.
+  Returns a summary dict (final eval loss, unigram entropy, tokens, timings, samples, preempted).
   """
   # ---------------------------------------------------------------- setup
   t_start = time.time()
@@ -78,8 +93,32 @@ def train(cfg, workdir: str, log=print) -> dict:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(cfg.to_json_best_effort(indent=1))
 
+  # ---------------------------------------------------------------- restore or initialise
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if resume == "fresh" and is_main and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+    aside = f"{ckpt_dir}.before-{time.strftime('%Y%m%d-%H%M%S')}"
+    os.rename(ckpt_dir, aside)
+    log(f"checkpoint: --fresh: moved the existing checkpoints to {aside}")
+  if nproc > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("checkpoint directory ready")
+  checkpointer = Checkpointer(ckpt_dir, cfg.checkpoint, log=log)
+  meta = {"config": cfg.to_dict(), "mesh": dict(mesh.shape), "devices": len(devices),
+          "processes": nproc, "code_version": code_version()}
+  start = 0
+  if resume != "fresh" and checkpointer.steps():
+    state, data_state, _, start = checkpointer.restore(program.abstract_state(),
+                                                       None if resume == "latest" else int(resume))
+    train_iter.set_state(data_state)
+    log(f"checkpoint: resumed from step {start} ({ckpt_dir})")
+    if is_main:
+      truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start)
+  else:
+    if isinstance(resume, int):
+      raise CheckpointError(f"no checkpoint for step {resume} in {ckpt_dir}")
+    state = program.init_state()
+
   # ---------------------------------------------------------------- compile
-  state = program.init_state()
   t_compile = time.time()
   step_fn = program.compile_train_step()
   eval_fn = program.eval_step()
@@ -90,7 +129,7 @@ def train(cfg, workdir: str, log=print) -> dict:
   skipped_records = sum(s.skipped_records for s in data.sources)
   if skipped_records:
     writer.write(0, {"skipped_records": skipped_records})
-  progress = Progress(t.num_steps, 0, enabled=is_main, live=t.progress and sys.stderr.isatty())
+  progress = Progress(t.num_steps, start, enabled=is_main, live=t.progress and sys.stderr.isatty())
   tokens_per_step = t.batch_size * t.seq_len
   window = {"loss": [], "grad_norm": [], "t0": time.time(), "steps": 0}
 
@@ -132,26 +171,45 @@ def train(cfg, workdir: str, log=print) -> dict:
       progress.update(step, f"loss {float(m['loss']):.4f}", log_line=False)
 
   t_loop = time.time()
-  pending = None
+  pending, preempted, final_eval, step = None, False, None, start
   try:
-    for step in range(t.num_steps):
-      state, metrics = step_fn(state, program.put_batch(next(train_iter)))
+    with PreemptionWatcher() as watcher:
+      for step in range(start, t.num_steps):
+        state, metrics = step_fn(state, program.put_batch(next(train_iter)))
+        if pending is not None:
+          finish_step(*pending)
+        pending = (step + 1, metrics)
+        eval_loss = None
+        if t.eval_every and (step + 1) % t.eval_every == 0 and step + 1 < t.num_steps:
+          finish_step(*pending)
+          pending = None
+          eval_loss = run_eval(step + 1)
+          window["t0"] = time.time()  # evaluation time is not training throughput
+        if watcher.reached(step + 1):
+          preempted = True
+        checkpointer.maybe_save(step + 1, state, train_iter.get_state(), meta, force=preempted,
+                                metrics=None if eval_loss is None else {"eval_loss": eval_loss})
+        if preempted:
+          break
       if pending is not None:
         finish_step(*pending)
-      pending = (step + 1, metrics)
-      if t.eval_every and (step + 1) % t.eval_every == 0 and step + 1 < t.num_steps:
-        finish_step(*pending)
-        pending = None
-        run_eval(step + 1)
-        window["t0"] = time.time()  # evaluation time is not training throughput
-    if pending is not None:
-      finish_step(*pending)
-    train_seconds = time.time() - t_loop
-    final_eval = run_eval(t.num_steps)
+      train_seconds = time.time() - t_loop
+      if preempted:
+        checkpointer.wait()
+        log(f"preempted: saved step {step + 1} to {ckpt_dir}; run the same command to resume")
+      else:
+        final_eval = run_eval(t.num_steps)
+        if cfg.checkpoint.save_at_end:
+          checkpointer.maybe_save(t.num_steps, state, train_iter.get_state(), meta, force=True,
+                                  metrics={"eval_loss": final_eval})
   finally:
     progress.close()
+    checkpointer.close()  # waits until every save is durable
     if hasattr(train_iter, "close"):
       train_iter.close()  # stops data-loader worker processes
+  if preempted:
+    writer.close()
+    return {"preempted": True, "step": step + 1, "train_seconds": train_seconds}
 
   # ---------------------------------------------------------------- wrap up
   entropy = data.unigram_entropy()
@@ -159,7 +217,7 @@ def train(cfg, workdir: str, log=print) -> dict:
   if t.sample_at_end:
     samples = sample_text(program.graphdef, jax.device_get(state.params), data.tokenizer, [""] * t.sample_at_end,
                           t.sample_tokens, t.sample_temperature, cfg.seed, cfg.model.max_seq_len)
-  summary = {"final_eval_loss": final_eval, "unigram_entropy": entropy, "steps": t.num_steps,
+  summary = {"preempted": False, "final_eval_loss": final_eval, "unigram_entropy": entropy, "steps": t.num_steps,
              "tokens_seen": t.num_steps * tokens_per_step, "train_seconds": train_seconds,
              "total_seconds": time.time() - t_start, "skipped_steps": int(jax.device_get(state.skipped_steps)),
              "parameters": n_params, "flops_per_token": fpt, "samples": samples}

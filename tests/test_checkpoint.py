@@ -1,0 +1,152 @@
+"""Checkpoints: exact resume after SIGKILL, SIGTERM preemption, half-written steps, mismatches,
+restore across meshes."""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from research.checkpoint import CheckpointError, Checkpointer
+from research.data import build_pipeline
+from research.sharding import make_mesh
+from research.train.program import build_program
+from research.train.trainer import resolve_vocab, train
+from tests.conftest import ROOT
+
+STEPS = 16
+FLAGS = [f"--config.train.num_steps={STEPS}", "--config.train.log_every=1", "--config.train.eval_every=0",
+         "--config.train.sample_at_end=0", "--config.checkpoint.every_steps=4", "--config.mesh.shape=(2,2,2)",
+         "--config.data.doc_split=blank_lines", "--config.data.packing=pack", "--config.train.tensorboard=false",
+         "--config.model.dropout=0.1"]
+
+
+@pytest.fixture(scope="module")
+def experiment(corpus_dir, tmp_path_factory):
+  d = tmp_path_factory.mktemp("exp")
+  path = d / "tiny.py"
+  path.write_text("from tests.conftest import tiny_config\n"
+                  f"def get_config():\n  return tiny_config({corpus_dir!r}, {str(d / 'cache')!r})\n")
+  return str(path)
+
+
+def _start(experiment, workdir, *extra):
+  env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  return subprocess.Popen([sys.executable, "scripts/train.py", f"--config={experiment}", f"--workdir={workdir}",
+                           *FLAGS, *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def _wait_for_step(workdir, step, proc, timeout=240):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if proc.poll() is not None:
+      raise AssertionError(f"exited early: {proc.stdout.read()[-2000:]}")
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.isfile(path) and max(_losses(workdir), default=0) >= step:
+      return
+    time.sleep(0.05)
+  raise AssertionError("timed out")
+
+
+@pytest.fixture(scope="module")
+def reference(experiment, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("reference")
+  proc = _start(experiment, workdir)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out[-3000:]
+  losses = _losses(workdir)
+  assert sorted(losses) == list(range(1, STEPS + 1))
+  return losses
+
+
+def test_sigkill_then_resume_gives_the_same_losses_bitwise(experiment, reference, tmp_path):
+  proc = _start(experiment, tmp_path)
+  _wait_for_step(tmp_path, 10, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  proc = _start(experiment, tmp_path)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out[-3000:]
+  resumed = re.search(r"checkpoint: resumed from step (\d+)", out)
+  assert resumed and int(resumed.group(1)) in (4, 8, 12), out[-3000:]
+  assert _losses(tmp_path) == reference  # every step, bit for bit
+
+
+def test_sigterm_saves_the_current_step_and_exits_zero(experiment, reference, tmp_path):
+  proc = _start(experiment, tmp_path)
+  _wait_for_step(tmp_path, 5, proc)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out[-3000:]
+  assert "preempted: saved step" in out
+  saved = int(out.split("preempted: saved step ")[1].split()[0])
+  assert saved >= 5 and str(saved) in os.listdir(tmp_path / "checkpoints")
+  proc = _start(experiment, tmp_path)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0 and f"resumed from step {saved}" in out, out[-3000:]
+  assert _losses(tmp_path) == reference
+
+
+def _program(cfg, shape):
+  cfg.mesh.shape = shape
+  resolve_vocab(cfg, build_pipeline(cfg.data, log=lambda *a: None).tokenizer)
+  return build_program(cfg, make_mesh(shape, jax.devices()[:int(np.prod(shape))]))
+
+
+@pytest.fixture
+def trained(tiny_cfg, tmp_path):
+  cfg = tiny_cfg
+  cfg.train.num_steps, cfg.train.eval_every, cfg.train.sample_at_end = 8, 0, 0
+  cfg.checkpoint.every_steps, cfg.checkpoint.async_save = 4, False
+  cfg.mesh.shape = (8, 1, 1)
+  train(cfg, str(tmp_path), log=lambda *a: None)
+  return cfg, str(tmp_path / "checkpoints")
+
+
+def test_half_written_step_falls_back_to_the_newest_complete_one(trained):
+  cfg, ckpt_dir = trained
+  assert sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit()) == [4, 8]
+  # a save killed half-way: the array data of step 8 is gone
+  for root, _, files in os.walk(os.path.join(ckpt_dir, "8", "state")):
+    for f in files:
+      if "manifest" in f or f.endswith(".ocdbt") or "d" == os.path.basename(root):
+        os.remove(os.path.join(root, f))
+  logs = []
+  program = _program(cfg, (8, 1, 1))
+  _, data_state, meta, step = Checkpointer(ckpt_dir, cfg.checkpoint, log=logs.append).restore(program.abstract_state())
+  assert step == 4 and meta["step"] == 4 and data_state
+  assert any("step 8 cannot be read" in m and "falling back to step 4" in m for m in logs)
+
+
+def test_checkpoint_that_does_not_fit_the_model_names_the_keys(trained):
+  cfg, ckpt_dir = trained
+  cfg.model.embed_dim = 64
+  program = _program(cfg, (8, 1, 1))
+  with pytest.raises(CheckpointError, match=r"does not match the model \(\d+ difference\(s\)\): params/blocks/0/attn/k/bias: "
+                                            r"checkpoint \(4, 8\) vs model \(4, 16\)"):
+    Checkpointer(ckpt_dir, cfg.checkpoint).restore(program.abstract_state())
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 2), (1, 1, 1)])
+def test_restore_onto_another_mesh(trained, shape):
+  cfg, ckpt_dir = trained
+  saved = _program(cfg, (8, 1, 1))
+  state8, *_ = Checkpointer(ckpt_dir, cfg.checkpoint).restore(saved.abstract_state())
+  program = _program(cfg, shape)
+  state, *_ = Checkpointer(ckpt_dir, cfg.checkpoint).restore(program.abstract_state())
+  kernel = state.params["blocks"][0]["mlp"]["up"]["kernel"]
+  assert kernel.sharding == program.shardings.params["blocks"][0]["mlp"]["up"]["kernel"]
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), state8, state)
