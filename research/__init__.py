@@ -6,4 +6,14 @@ Packages, in the order data flows through a run:
   data      -> corpora, tokenizers, batches
   models    -> NNX decoder-only transformer, presets, parameter/FLOP counts
   train     -> optimizer, schedules, the jitted train step, the training loop, metrics
+  checkpoint-> Orbax checkpoints, resume, preemption, load_model, export
+
+`research.load_model(path)` -> (model, config): the door for notebooks, eval and generation.
 """
+
+
+def load_model(path: str):
+  """(model, config) from a workdir or a checkpoint step directory; model(tokens_BxL) -> logits_BxLxV."""
+  from research.checkpoint.loading import load_model as _load
+  return _load(path)
+

@@ -150,3 +150,58 @@ def test_restore_onto_another_mesh(trained, shape):
   kernel = state.params["blocks"][0]["mlp"]["up"]["kernel"]
   assert kernel.sharding == program.shardings.params["blocks"][0]["mlp"]["up"]["kernel"]
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), state8, state)
+
+
+def test_load_model_and_params_only_restore(trained):
+  import research
+  from research.checkpoint.loading import restore_params
+  from research.train.state import abstract_model
+  cfg, ckpt_dir = trained
+  workdir = os.path.dirname(ckpt_dir)
+  program = _program(cfg, (8, 1, 1))
+  state, *_ = Checkpointer(ckpt_dir, cfg.checkpoint).restore(program.abstract_state())
+  model, loaded_cfg = research.load_model(workdir)
+  assert loaded_cfg.model.embed_dim == cfg.model.embed_dim and loaded_cfg.train.num_steps == 8
+  tokens = np.arange(16, dtype=np.int32).reshape(2, 8)
+  from flax import nnx
+  reference = nnx.merge(program.graphdef, jax.device_get(state.params))
+  np.testing.assert_allclose(np.asarray(model(tokens)), np.asarray(reference(tokens)), atol=1e-6)
+  assert np.asarray(model(tokens)).shape == (2, 8, cfg.model.vocab_size)
+  # a step directory works too, and renamed / new keys go through the hooks
+  _, abstract, _ = abstract_model(cfg.model)
+  drop_norm = lambda name: None if name.startswith("final_norm/") else name
+  with pytest.raises(CheckpointError, match="final_norm/scale: not in the checkpoint"):
+    restore_params(os.path.join(ckpt_dir, "8"), abstract, rename=drop_norm)
+  fresh = jax.tree.map(lambda a: np.full(a.shape, 7.0, a.dtype), abstract)
+  params = restore_params(os.path.join(ckpt_dir, "8"), abstract, rename=drop_norm, init_params=fresh)
+  assert (params["final_norm"]["scale"] == 7.0).all()
+  np.testing.assert_array_equal(params["embed"]["embedding"], np.asarray(state.params["embed"]["embedding"]))
+
+
+def test_export_safetensors(trained, tmp_path):
+  from safetensors.flax import load_file
+  cfg, ckpt_dir = trained
+  out = tmp_path / "model.safetensors"
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  proc = subprocess.run([sys.executable, "scripts/export.py", f"--checkpoint={os.path.dirname(ckpt_dir)}",
+                         f"--out={out}", "--dtype=bfloat16"], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  tensors = load_file(str(out))
+  program = _program(cfg, (8, 1, 1))
+  state, *_ = Checkpointer(ckpt_dir, cfg.checkpoint).restore(program.abstract_state())
+  kernel = tensors["blocks.0.attn.q.kernel"]
+  assert str(kernel.dtype) == "bfloat16" and len(tensors) == len(jax.tree.leaves(state.params))
+  np.testing.assert_array_equal(np.asarray(kernel, np.float32),
+                                np.asarray(state.params["blocks"][0]["attn"]["q"]["kernel"]).astype(
+                                    "bfloat16").astype(np.float32))
+  assert json.load(open(tmp_path / "model.json"))["model"]["embed_dim"] == cfg.model.embed_dim
+
+
+def test_retention_keeps_last_n_and_every_k(tiny_cfg, tmp_path):
+  cfg = tiny_cfg
+  cfg.train.num_steps, cfg.train.eval_every, cfg.train.sample_at_end = 10, 0, 0
+  cfg.checkpoint.every_steps, cfg.checkpoint.keep_last, cfg.checkpoint.keep_every_steps = 2, 2, 4
+  train(cfg, str(tmp_path), log=lambda *a: None)
+  kept = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+  assert kept == [4, 8, 10]

@@ -160,19 +160,3 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
     return _from_tree(abstract_state, restored["state"]), restored["data"], restored["meta"]
-
-
-def restore_params(directory: str, abstract_params, step: int | None = None):
-  """Parameters only (no optimizer or data state), e.g. to finetune or evaluate."""
-  manager = ocp.CheckpointManager(os.path.abspath(directory), item_handlers=_handlers(),
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise CheckpointError(f"no checkpoints in {directory}")
-  saved = manager.item_metadata(step)["state"]
-  saved_tree = saved.tree if hasattr(saved, "tree") else saved
-  check_compatible(saved_tree["params"], abstract_params)
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved_tree)
-  target["params"] = abstract_params
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-  return restored["state"]["params"], step

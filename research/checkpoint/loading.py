@@ -1,0 +1,114 @@
+"""Models out of checkpoints: `load_model` (notebooks, eval, generation), parameters-only restore
+for finetuning (with renamed and new keys), and export to safetensors."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from research.checkpoint.manager import CheckpointError, _handlers
+from research.treepaths import path_str
+
+
+def resolve_step_dir(path: str) -> tuple[str, int]:
+  """A workdir (newest step of DIR/checkpoints), a checkpoints dir, or a step dir -> (checkpoints dir, step)."""
+  path = os.path.abspath(path)
+  if os.path.basename(path).isdigit() and os.path.isdir(os.path.join(path, "state")):
+    return os.path.dirname(path), int(os.path.basename(path))
+  directory = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+  steps = sorted(int(s) for s in os.listdir(directory) if s.isdigit()) if os.path.isdir(directory) else []
+  if not steps:
+    raise CheckpointError(f"{path}: no checkpoints here (give a workdir, its checkpoints/ or a step directory)")
+  return directory, steps[-1]
+
+
+def _manager(directory: str) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(directory, item_handlers=_handlers(),
+                               options=ocp.CheckpointManagerOptions(read_only=True))
+
+
+def read_config(path: str) -> ml_collections.ConfigDict:
+  directory, step = resolve_step_dir(path)
+  meta = _manager(directory).restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  return ml_collections.ConfigDict(meta["config"])
+
+
+def restore_params(path: str, abstract_params, rename: Callable[[str], str | None] | None = None,
+                   init_params=None):
+  """Parameters only, as a pytree shaped like `abstract_params` (host arrays).
+
+  rename: maps a checkpoint path ('blocks/0/attn/q/kernel') to the model's path, or None to drop it.
+  init_params: values for model parameters the checkpoint lacks (e.g. a new classification head);
+  without it a missing parameter is an error. Shapes must match exactly.
+  """
+  directory, step = resolve_step_dir(path)
+  manager = _manager(directory)
+  saved = manager.item_metadata(step)["state"]
+  saved = saved.tree if hasattr(saved, "tree") else saved
+  # Read onto this host's first device whatever mesh wrote it. (The optimizer state is read too and
+  # dropped: StandardRestore has no partial restore; fine for loading, costs 3x the params' memory.)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+  flat, _ = jax.tree_util.tree_flatten_with_path(restored["state"]["params"])
+  by_path = {}
+  for p, value in flat:
+    name = path_str(p)
+    name = rename(name) if rename else name
+    if name is not None:
+      by_path[name] = value
+  init = {path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(init_params)[0]} if init_params else {}
+  missing, wrong = [], []
+
+  def pick(p, want):
+    name = path_str(p)
+    if name in by_path:
+      value = by_path[name]
+    elif name in init:
+      value = init[name]
+    else:
+      missing.append(name)
+      return None
+    if tuple(value.shape) != tuple(want.shape):
+      wrong.append(f"{name}: checkpoint {tuple(value.shape)} vs model {tuple(want.shape)}")
+    return np.asarray(value).astype(want.dtype)
+
+  params = jax.tree_util.tree_map_with_path(pick, abstract_params)
+  if missing or wrong:
+    raise CheckpointError(f"{directory}/{step} does not fit the model: "
+                          + "; ".join([f"{m}: not in the checkpoint (pass init_params)" for m in missing] + wrong))
+  return params
+
+
+def load_model(path: str):
+  """(model, config) from a workdir or a checkpoint step directory; `model(tokens_BxL)` -> logits_BxLxV."""
+  from research.train.state import abstract_model
+  cfg = read_config(path)
+  graphdef, abstract_params, _ = abstract_model(cfg.model)
+  params = restore_params(path, abstract_params)
+  return nnx.merge(graphdef, jax.tree.map(jnp.asarray, params)), cfg
+
+
+def export_safetensors(path: str, out: str, dtype: str = "float32") -> tuple[str, str]:
+  """Writes the parameters as safetensors ('blocks.0.attn.q.kernel', ...) and the config as JSON
+  beside it (same name, .json). Returns both paths."""
+  from safetensors.flax import save_file
+  from research.train.state import abstract_model
+  cfg = read_config(path)
+  _, abstract_params, _ = abstract_model(cfg.model)
+  params = restore_params(path, abstract_params)
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  tensors = {path_str(p).replace("/", "."): jnp.asarray(v, dtype=jnp.dtype(dtype)) for p, v in flat}
+  directory, step = resolve_step_dir(path)
+  save_file(tensors, out, metadata={"format": "research", "step": str(step), "dtype": dtype})
+  config_path = os.path.splitext(out)[0] + ".json"
+  with open(config_path, "w") as f:
+    json.dump(cfg.to_dict(), f, indent=1)
+  return out, config_path

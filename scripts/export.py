@@ -1,0 +1,32 @@
+"""Export a checkpoint's parameters to safetensors, with the config beside it as JSON.
+
+  python scripts/export.py --checkpoint=WORKDIR_OR_STEP_DIR --out=model.safetensors [--dtype=bfloat16]
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+
+flags.DEFINE_string("checkpoint", None, "A workdir (its newest checkpoint), a checkpoints/ dir or a step dir.")
+flags.DEFINE_string("out", None, "The .safetensors file to write; the config goes to the same name .json.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"], "Dtype of the written tensors.")
+flags.mark_flags_as_required(["checkpoint", "out"])
+FLAGS = flags.FLAGS
+
+
+def main(_):
+  logging.set_verbosity(logging.ERROR)
+  from research.checkpoint import CheckpointError
+  from research.checkpoint.loading import export_safetensors
+  try:
+    tensors, config = export_safetensors(FLAGS.checkpoint, FLAGS.out, FLAGS.dtype)
+  except CheckpointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  print(f"wrote {tensors} and {config}")
+
+
+if __name__ == "__main__":
+  app.run(main)
