@@ -205,3 +205,26 @@ def test_retention_keeps_last_n_and_every_k(tiny_cfg, tmp_path):
   train(cfg, str(tmp_path), log=lambda *a: None)
   kept = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
   assert kept == [4, 8, 10]
+
+
+def test_keep_best_by_eval_metric(tiny_cfg, tmp_path):
+  cfg = tiny_cfg
+  cfg.train.num_steps, cfg.train.eval_every, cfg.train.sample_at_end = 8, 2, 0
+  cfg.checkpoint.every_steps, cfg.checkpoint.keep_last, cfg.checkpoint.keep_best = 2, 1, 1
+  cfg.checkpoint.best_mode = "max"  # keep the highest eval loss: the earliest step, which LatestN drops
+  cfg.checkpoint.save_at_end = False
+  train(cfg, str(tmp_path), log=lambda *a: None)
+  kept = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+  assert kept == [2, 8]
+
+
+def test_fresh_moves_checkpoints_aside_and_restore_step(trained, tmp_path):
+  cfg, ckpt_dir = trained
+  workdir = os.path.dirname(ckpt_dir)
+  summary = train(cfg, workdir, log=lambda *a: None, resume=4)  # from step 4 to the end again
+  assert summary["steps"] == 8
+  with pytest.raises(CheckpointError, match="no checkpoint for step 5"):
+    train(cfg, workdir, log=lambda *a: None, resume=5)
+  train(cfg, workdir, log=lambda *a: None, resume="fresh")
+  aside = [d for d in os.listdir(workdir) if d.startswith("checkpoints.before-")]
+  assert len(aside) == 1 and "8" in os.listdir(os.path.join(workdir, aside[0]))

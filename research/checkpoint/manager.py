@@ -92,8 +92,10 @@ class Checkpointer:
     if ckpt_cfg.keep_every_steps:
       keep.append(policies.EveryNSteps(interval_steps=ckpt_cfg.keep_every_steps))
     if ckpt_cfg.keep_best:
-      keep.append(policies.BestN(get_metric_fn=lambda m: m[ckpt_cfg.best_metric], reverse=ckpt_cfg.best_mode == "max",
-                                 n=ckpt_cfg.keep_best, keep_checkpoints_without_metrics=False))
+      # BestN sorts by the metric and keeps the tail of the list: descending order keeps the minimum.
+      keep.append(policies.BestN(get_metric_fn=lambda m: m[ckpt_cfg.best_metric],
+                                 reverse=ckpt_cfg.best_mode == "min", n=ckpt_cfg.keep_best,
+                                 keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         save_decision_policy=policies.AnySavePolicy(save_policies) if save_policies else
         policies.SpecificStepsPolicy(steps=()),
