@@ -54,5 +54,6 @@ def get_config():
   c.optimizer.schedule = "warmup_cosine"
   c.optimizer.weight_decay = 0.1
   c.optimizer.b2 = 0.99
+  c.checkpoint.every_steps = 100       # DIR/checkpoints; rerunning the command resumes
   c.mesh.shape = (-1, 1, 1)
   return c
