@@ -221,10 +221,24 @@ def test_keep_best_by_eval_metric(tiny_cfg, tmp_path):
 def test_fresh_moves_checkpoints_aside_and_restore_step(trained, tmp_path):
   cfg, ckpt_dir = trained
   workdir = os.path.dirname(ckpt_dir)
-  summary = train(cfg, workdir, log=lambda *a: None, resume=4)  # from step 4 to the end again
-  assert summary["steps"] == 8
   with pytest.raises(CheckpointError, match="no checkpoint for step 5"):
     train(cfg, workdir, log=lambda *a: None, resume=5)
   train(cfg, workdir, log=lambda *a: None, resume="fresh")
   aside = [d for d in os.listdir(workdir) if d.startswith("checkpoints.before-")]
   assert len(aside) == 1 and "8" in os.listdir(os.path.join(workdir, aside[0]))
+
+
+def test_resume_refuses_changed_data_settings(trained):
+  cfg, ckpt_dir = trained
+  cfg.train.batch_size = 16
+  with pytest.raises(CheckpointError, match=r"data settings changed .*train.batch_size: checkpoint 8 vs now 16"):
+    train(cfg, os.path.dirname(ckpt_dir), log=lambda *a: None)
+
+
+def test_restore_older_step_moves_newer_steps_aside(trained):
+  cfg, ckpt_dir = trained
+  workdir = os.path.dirname(ckpt_dir)
+  train(cfg, workdir, log=lambda *a: None, resume=4)
+  aside = [d for d in os.listdir(workdir) if d.startswith("checkpoints.after-4-")]
+  assert len(aside) == 1 and os.listdir(os.path.join(workdir, aside[0])) == ["8"]
+  assert "8" in os.listdir(ckpt_dir)  # written anew by the resumed run

@@ -154,3 +154,12 @@ def test_tfds_source_by_name_and_errors(tmp_path):
 def test_mixture_entries_are_checked(corpus_dir, tmp_path):
   with pytest.raises(DataError, match=r"data.mixture\[0\]=.* must be \(source, weight > 0\)"):
     open_sources(_data_cfg(mixture=((corpus_dir, -1.0),)), str(tmp_path))
+
+
+def test_same_file_name_in_two_folders(tmp_path):
+  for sub in ("a", "b"):
+    (tmp_path / sub).mkdir()
+    (tmp_path / sub / "part.txt").write_text(f"text of {sub}\n")
+  spec = corpus_spec(str(tmp_path), val_fraction=0.5)
+  builder = build_local_corpus(spec, str(tmp_path / "tfds"), log=lambda *a: None)
+  assert builder.info.splits["train"].num_examples == 2

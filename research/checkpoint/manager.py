@@ -96,7 +96,11 @@ class Checkpointer:
       keep.append(policies.BestN(get_metric_fn=lambda m: m[ckpt_cfg.best_metric],
                                  reverse=ckpt_cfg.best_mode == "min", n=ckpt_cfg.keep_best,
                                  keep_checkpoints_without_metrics=False))
-    options = ocp.CheckpointManagerOptions(
+    best = {}
+    if ckpt_cfg.keep_best:  # also makes Orbax write each step's metrics, so BestN survives a restart
+      best = dict(best_fn=lambda m: m[ckpt_cfg.best_metric], best_mode=ckpt_cfg.best_mode,
+                  keep_checkpoints_without_metrics=True)
+    options = ocp.CheckpointManagerOptions(**best,
         save_decision_policy=policies.AnySavePolicy(save_policies) if save_policies else
         policies.SpecificStepsPolicy(steps=()),
         preservation_policy=policies.AnyPreservationPolicy(keep),
@@ -104,13 +108,17 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=_handlers())
 
   # ------------------------------------------------------------------ saving
-  def maybe_save(self, step: int, state, data_state: dict, meta: dict, metrics: dict | None = None,
+  def maybe_save(self, step: int, state, data_state, meta: dict, metrics: dict | None = None,
                  force: bool = False) -> bool:
-    """Saves when the policies say so (or `force`); returns whether a save started."""
+    """Saves when the policies say so (or `force`); returns whether a save started.
+
+    `data_state` may be a callable, called only when saving (gathering it can be a collective).
+    """
     if not force and not self.manager.should_save(step):
       return False
     if step in self.manager.all_steps():
       return False
+    data_state = data_state() if callable(data_state) else data_state
     meta = dict(meta, step=step, time=datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 code_version=meta.get("code_version") or code_version())
     args = ocp.args.Composite(state=ocp.args.StandardSave(_as_tree(state)), data=ocp.args.JsonSave(data_state),

@@ -165,7 +165,7 @@ def _tail_split(text: str, fraction: float) -> tuple[str, str]:
 def iter_split(spec: CorpusSpec, split: str, skipped: SkipCounter | None = None) -> Iterator[tuple[str, str]]:
   """Yields (unique key, document text) of `split` ('train' or 'validation'), in file order."""
   skipped = skipped or SkipCounter()
-  for file in spec.files:
+  for file_index, file in enumerate(spec.files):
     docs = _documents(spec, file, skipped)
     if spec.val_files:
       chosen = docs if spec.held_out(file) == (split == "validation") else []
@@ -177,4 +177,4 @@ def iter_split(spec: CorpusSpec, split: str, skipped: SkipCounter | None = None)
       chosen = docs[len(docs) - n_val:] if split == "validation" else docs[:len(docs) - n_val]
     for i, doc in enumerate(chosen):
       if doc.strip():
-        yield f"{os.path.basename(file)}:{i}", doc
+        yield f"{file_index}:{os.path.basename(file)}:{i}", doc  # unique even for equal names

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from research.checkpoint import CheckpointError, Checkpointer, PreemptionWatcher
+from research.checkpoint.data_state import check_same_stream, gather_states, local_state
 from research.checkpoint.manager import code_version
 from research.config import ConfigError, validate_config
 from research.data import build_pipeline
@@ -41,14 +42,47 @@ def resolve_vocab(cfg, tokenizer) -> None:
 
 
 def truncate_metrics(path: str, step: int) -> None:
-  """On resume from `step`, drop records of later steps (they will be produced again)."""
+  """On resume from `step`, drop records of later steps (they will be produced again) and a line
+  torn by a kill mid-write."""
   if not os.path.isfile(path):
     return
+  kept = []
   with open(path) as f:
-    lines = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+    for line in f:
+      try:
+        if json.loads(line).get("step", 0) <= step:
+          kept.append(line if line.endswith("\n") else line + "\n")
+      except json.JSONDecodeError:
+        continue
   with open(path + ".tmp", "w") as f:
-    f.writelines(lines)
+    f.writelines(kept)
   os.replace(path + ".tmp", path)
+
+
+def prepare_workdir(workdir: str, resume, log) -> None:
+  """Never loses work: --fresh moves the previous run's checkpoints, metrics and TensorBoard logs aside;
+  resuming from an older step moves the newer steps aside, so 'latest' cannot later pick them up."""
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  stamp = time.strftime("%Y%m%d-%H%M%S")
+  has_ckpts = os.path.isdir(ckpt_dir) and any(s.isdigit() for s in os.listdir(ckpt_dir))
+  if resume == "fresh" or not has_ckpts:
+    names = ["checkpoints", "metrics.jsonl", "tensorboard"] if resume == "fresh" else ["metrics.jsonl", "tensorboard"]
+    for name in names:
+      path = os.path.join(workdir, name)
+      if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        os.rename(path, f"{path}.before-{stamp}")
+        log(f"workdir: moved the previous run's {name} to {path}.before-{stamp}")
+  elif isinstance(resume, int):
+    steps = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
+    if resume not in steps:  # checked before anything moves
+      raise CheckpointError(f"no checkpoint for step {resume} in {ckpt_dir}; steps: {steps}")
+    newer = [s for s in os.listdir(ckpt_dir) if s.isdigit() and int(s) > resume]
+    if newer:
+      aside = f"{ckpt_dir}.after-{resume}-{stamp}"
+      os.makedirs(aside)
+      for s in newer:
+        os.rename(os.path.join(ckpt_dir, s), os.path.join(aside, s))
+      log(f"checkpoint: --restore_step={resume}: moved the newer steps {sorted(map(int, newer))} to {aside}")
 
 
 def train(cfg, workdir: str, log=print, resume: str | int = "latest") -> dict:
@@ -95,10 +129,8 @@ def train(cfg, workdir: str, log=print, resume: str | int = "latest") -> dict:
 
   # ---------------------------------------------------------------- restore or initialise
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  if resume == "fresh" and is_main and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
-    aside = f"{ckpt_dir}.before-{time.strftime('%Y%m%d-%H%M%S')}"
-    os.rename(ckpt_dir, aside)
-    log(f"checkpoint: --fresh: moved the existing checkpoints to {aside}")
+  if is_main:
+    prepare_workdir(workdir, resume, log)
   if nproc > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("checkpoint directory ready")
@@ -107,9 +139,13 @@ def train(cfg, workdir: str, log=print, resume: str | int = "latest") -> dict:
           "processes": nproc, "code_version": code_version()}
   start = 0
   if resume != "fresh" and checkpointer.steps():
-    state, data_state, _, start = checkpointer.restore(program.abstract_state(),
-                                                       None if resume == "latest" else int(resume))
-    train_iter.set_state(data_state)
+    state, data_state, saved_meta, start = checkpointer.restore(program.abstract_state(),
+                                                                None if resume == "latest" else int(resume))
+    check_same_stream(saved_meta["config"], meta["config"])
+    try:
+      train_iter.set_state(local_state(data_state))
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+      raise CheckpointError(f"the data iterator state of step {start} does not fit this pipeline ({e})") from None
     log(f"checkpoint: resumed from step {start} ({ckpt_dir})")
     if is_main:
       truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start)
@@ -187,8 +223,10 @@ def train(cfg, workdir: str, log=print, resume: str | int = "latest") -> dict:
           window["t0"] = time.time()  # evaluation time is not training throughput
         if watcher.reached(step + 1):
           preempted = True
-        checkpointer.maybe_save(step + 1, state, train_iter.get_state(), meta, force=preempted,
-                                metrics=None if eval_loss is None else {"eval_loss": eval_loss})
+        last = step + 1 == t.num_steps and cfg.checkpoint.save_at_end  # saved below, with the final eval
+        if not last:
+          checkpointer.maybe_save(step + 1, state, lambda: gather_states(train_iter.get_state()), meta,
+                                  force=preempted, metrics=None if eval_loss is None else {"eval_loss": eval_loss})
         if preempted:
           break
       if pending is not None:
@@ -200,15 +238,15 @@ def train(cfg, workdir: str, log=print, resume: str | int = "latest") -> dict:
       else:
         final_eval = run_eval(t.num_steps)
         if cfg.checkpoint.save_at_end:
-          checkpointer.maybe_save(t.num_steps, state, train_iter.get_state(), meta, force=True,
-                                  metrics={"eval_loss": final_eval})
+          checkpointer.maybe_save(t.num_steps, state, lambda: gather_states(train_iter.get_state()), meta,
+                                  force=True, metrics={"eval_loss": final_eval})
   finally:
     progress.close()
+    writer.close()
     checkpointer.close()  # waits until every save is durable
     if hasattr(train_iter, "close"):
       train_iter.close()  # stops data-loader worker processes
   if preempted:
-    writer.close()
     return {"preempted": True, "step": step + 1, "train_seconds": train_seconds}
 
   # ---------------------------------------------------------------- wrap up
@@ -228,5 +266,4 @@ def train(cfg, workdir: str, log=print, resume: str | int = "latest") -> dict:
   if is_main:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=1)
-  writer.close()
   return summary

@@ -1,0 +1,58 @@
+"""The data iterators' states in a checkpoint: one per process, all in one JSON item.
+
+Orbax's JSON handler writes from the primary process only, so the states of all processes are
+gathered first; on restore each process takes its own, and a different process count, or a change
+to any setting that shapes the batch stream, is refused rather than silently resuming elsewhere.
+"""
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+
+from research.checkpoint.manager import CheckpointError
+
+# Settings that define which batches come in which order; resuming across a change is not exact.
+STREAM_KEYS = ("seed", "train.batch_size", "train.seq_len", "data.format", "data.text_field", "data.doc_split",
+               "data.val_files", "data.val_fraction", "data.tfds_name", "data.tfds_train_split",
+               "data.tfds_text_feature", "data.mixture", "data.packing", "data.num_workers", "data.tokenizer",
+               "data.vocab_size", "data.spm_model_type")
+
+
+def gather_states(local_state: dict) -> dict:
+  """{'process_count': n, 'states': [state of process 0, ..., n-1]} (a collective when n > 1)."""
+  n = jax.process_count()
+  if n == 1:
+    return {"process_count": 1, "states": [local_state]}
+  from jax.experimental import multihost_utils
+  data = np.frombuffer(json.dumps(local_state).encode(), np.uint8)
+  lengths = np.asarray(multihost_utils.process_allgather(np.int32(len(data)))).reshape(-1)
+  buffer = np.zeros(int(lengths.max()), np.uint8)
+  buffer[:len(data)] = data
+  gathered = np.asarray(multihost_utils.process_allgather(buffer)).reshape(n, -1)
+  return {"process_count": n, "states": [json.loads(bytes(gathered[i, :lengths[i]])) for i in range(n)]}
+
+
+def local_state(saved: dict) -> dict:
+  n = jax.process_count()
+  if saved.get("process_count") != n:
+    raise CheckpointError(f"the checkpoint's data iterator was written by {saved.get('process_count')} "
+                          f"process(es) and this run has {n}; resume with the same number of processes "
+                          "(or --fresh)")
+  return saved["states"][jax.process_index()]
+
+
+def _get(cfg: dict, dotted: str):
+  for part in dotted.split("."):
+    cfg = cfg.get(part) if isinstance(cfg, dict) else None
+  return list(cfg) if isinstance(cfg, (list, tuple)) else cfg
+
+
+def check_same_stream(saved_config: dict, config: dict) -> None:
+  """Raises CheckpointError naming every stream-defining key that changed since the checkpoint."""
+  changed = [f"{k}: checkpoint {_get(saved_config, k)!r} vs now {_get(config, k)!r}" for k in STREAM_KEYS
+             if json.dumps(_get(saved_config, k)) != json.dumps(_get(config, k))]
+  if changed:
+    raise CheckpointError("the data settings changed since the checkpoint, so resuming would not continue the "
+                          f"same batches ({'; '.join(changed)}); restore them or start over with --fresh")
