@@ -242,3 +242,13 @@ def test_restore_older_step_moves_newer_steps_aside(trained):
   aside = [d for d in os.listdir(workdir) if d.startswith("checkpoints.after-4-")]
   assert len(aside) == 1 and os.listdir(os.path.join(workdir, aside[0])) == ["8"]
   assert "8" in os.listdir(ckpt_dir)  # written anew by the resumed run
+
+
+def test_time_based_saves(tiny_cfg, tmp_path):
+  cfg = tiny_cfg
+  cfg.train.num_steps, cfg.train.eval_every, cfg.train.sample_at_end = 6, 0, 0
+  cfg.checkpoint.every_steps, cfg.checkpoint.every_minutes, cfg.checkpoint.keep_last = 0, 1e-5, 100
+  cfg.checkpoint.save_at_end, cfg.checkpoint.async_save = False, False
+  train(cfg, str(tmp_path), log=lambda *a: None)
+  kept = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+  assert len(kept) >= 3 and kept[-1] == 6  # by the clock only: no step interval, no final save

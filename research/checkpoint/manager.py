@@ -16,9 +16,11 @@ import dataclasses
 import datetime
 import os
 import subprocess
+import time
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -85,9 +87,8 @@ class Checkpointer:
     save_policies = []
     if ckpt_cfg.every_steps:
       save_policies.append(policies.FixedIntervalPolicy(ckpt_cfg.every_steps))
-    if ckpt_cfg.every_minutes:
-      save_policies.append(policies.ContinuousCheckpointingPolicy(
-          minimum_interval_secs=int(ckpt_cfg.every_minutes * 60)))
+    self.every_seconds = ckpt_cfg.every_minutes * 60
+    self.last_save_time = time.time()  # time-based saves count from the start of this run
     keep = [policies.LatestN(n=ckpt_cfg.keep_last)]
     if ckpt_cfg.keep_every_steps:
       keep.append(policies.EveryNSteps(interval_steps=ckpt_cfg.keep_every_steps))
@@ -114,7 +115,7 @@ class Checkpointer:
 
     `data_state` may be a callable, called only when saving (gathering it can be a collective).
     """
-    if not force and not self.manager.should_save(step):
+    if not force and not self.manager.should_save(step) and not self._time_due():
       return False
     if step in self.manager.all_steps():
       return False
@@ -123,7 +124,18 @@ class Checkpointer:
                 code_version=meta.get("code_version") or code_version())
     args = ocp.args.Composite(state=ocp.args.StandardSave(_as_tree(state)), data=ocp.args.JsonSave(data_state),
                               meta=ocp.args.JsonSave(meta))
+    self.last_save_time = time.time()
     return bool(self.manager.save(step, args=args, metrics=metrics, force=True))
+
+  def _time_due(self) -> bool:
+    """checkpoint.every_minutes elapsed since the last save; decided on process 0 for all."""
+    if not self.every_seconds:
+      return False
+    due = time.time() - self.last_save_time >= self.every_seconds
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      due = bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
+    return due
 
   def wait(self) -> None:
     """Blocks until every started save is durable on disk."""

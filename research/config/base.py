@@ -33,7 +33,8 @@ def model_defaults() -> ml_collections.ConfigDict:
   m.attention_impl = "xla"     # xla (everywhere) | cudnn (GPU only)
   m.init_std = 0.02
   m.dtype = "float32"          # compute dtype of activations and matmuls: float32 | bfloat16
-  m.param_dtype = "float32"    # storage dtype of parameters (and optimizer state)
+  m.param_dtype = "float32"    # storage dtype of parameters and optimizer state; bfloat16 loses
+                               # updates smaller than its precision (small learning rates, weight decay)
   return m
 
 

@@ -136,6 +136,11 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
         f"train.batch_size={t.batch_size} / train.microbatches={t.microbatches} = {micro} sequences "
         f"per microbatch is not divisible by the data x fsdp mesh axes ({batch_shards}); "
         f"choose a multiple of {batch_shards} or another mesh.shape")
+  import jax
+  processes = jax.process_count()
+  if micro % processes or batch_shards % processes and processes % batch_shards:
+    raise ConfigError(f"train.batch_size={t.batch_size} / train.microbatches={t.microbatches} = {micro} sequences "
+                      f"cannot be split evenly over {processes} processes with data x fsdp = {batch_shards}")
   for i, rule in enumerate(cfg.mesh.rules):
     if len(rule) != 2 or not isinstance(rule[0], str):
       raise ConfigError(f"mesh.rules[{i}]={rule!r} must be (logical_name, mesh_axes)")

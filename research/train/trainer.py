@@ -41,6 +41,14 @@ def resolve_vocab(cfg, tokenizer) -> None:
                       f"{tokenizer.vocab_size} ids; set it to 0 to take the tokenizer's size")
 
 
+def host_params(params):
+  """All parameters as host arrays on every process (device_get fails on arrays other hosts hold)."""
+  if jax.process_count() == 1:
+    return jax.device_get(params)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(params, tiled=True)
+
+
 def truncate_metrics(path: str, step: int) -> None:
   """On resume from `step`, drop records of later steps (they will be produced again) and a line
   torn by a kill mid-write."""
@@ -102,6 +110,11 @@ def train(cfg, workdir: str, log=print, resume: str | int = "latest") -> dict:
   t = cfg.train
 
   # ---------------------------------------------------------------- data
+  if jax.process_count() > 1:  # process 0 builds the corpus and tokenizer; the others then open them
+    from jax.experimental import multihost_utils
+    if jax.process_index() == 0:
+      build_pipeline(cfg.data, log=log)
+    multihost_utils.sync_global_devices("data prepared")
   data = build_pipeline(cfg.data, log=log)
   resolve_vocab(cfg, data.tokenizer)
   pid, nproc = jax.process_index(), jax.process_count()
@@ -253,7 +266,7 @@ def train(cfg, workdir: str, log=print, resume: str | int = "latest") -> dict:
   entropy = data.unigram_entropy()
   samples = []
   if t.sample_at_end:
-    samples = sample_text(program.graphdef, jax.device_get(state.params), data.tokenizer, [""] * t.sample_at_end,
+    samples = sample_text(program.graphdef, host_params(state.params), data.tokenizer, [""] * t.sample_at_end,
                           t.sample_tokens, t.sample_temperature, cfg.seed, cfg.model.max_seq_len)
   summary = {"preempted": False, "final_eval_loss": final_eval, "unigram_entropy": entropy, "steps": t.num_steps,
              "tokens_seen": t.num_steps * tokens_per_step, "train_seconds": train_seconds,
