@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
 
-from research.config.cli import apply_overrides, load_experiment, split_argv  # noqa: E402
+from research.config.cli import absl_flags_parser, load_config  # noqa: E402
 
 flags.DEFINE_string("config", None, "Experiment file, optionally with a variant.")
 flags.DEFINE_enum("mode", "train", ["train", "data"], "What to measure.")
@@ -25,19 +25,13 @@ flags.DEFINE_integer("warmup", 3, "Steps or batches before measuring.")
 flags.DEFINE_bool("compare_train", False, "data mode: also measure the train step and report the ratio.")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
-_OVERRIDES: list[str] = []
-
-
-def parse_flags(argv):
-  rest, overrides = split_argv(argv)
-  _OVERRIDES.extend(overrides)
-  return FLAGS(rest)
+parse_flags, _OVERRIDES = absl_flags_parser(FLAGS)
 
 
 def main(_):
   logging.set_verbosity(logging.ERROR)
   from research.perf.benchmark import benchmark_data, benchmark_train
-  cfg = apply_overrides(load_experiment(FLAGS.config), _OVERRIDES)
+  cfg = load_config(FLAGS.config, _OVERRIDES)
   if FLAGS.mode == "train":
     result = benchmark_train(cfg, FLAGS.steps, FLAGS.warmup)
   else:

@@ -12,26 +12,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 
 from research.config import ConfigError  # noqa: E402
-from research.config.cli import apply_overrides, load_experiment, split_argv  # noqa: E402
+from research.config.cli import absl_flags_parser, load_config  # noqa: E402
 from research.data import DataError  # noqa: E402
 
 flags.DEFINE_string("config", None, "Experiment file, optionally with a variant: experiments/x.py[:arg].")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
-_OVERRIDES: list[str] = []
-
-
-def parse_flags(argv):
-  rest, overrides = split_argv(argv)
-  _OVERRIDES.extend(overrides)
-  return FLAGS(rest)
+parse_flags, _OVERRIDES = absl_flags_parser(FLAGS)
 
 
 def main(_):
   logging.set_verbosity(logging.ERROR)  # TFDS and JAX chatter; our own messages are printed
   from research.data import build_pipeline
   try:
-    cfg = apply_overrides(load_experiment(FLAGS.config), _OVERRIDES)
+    cfg = load_config(FLAGS.config, _OVERRIDES)
     data = build_pipeline(cfg.data)
     batches = data.eval_batches(cfg.train.batch_size, cfg.train.seq_len, 0)
     tokens = sum(float(b["weights"].sum()) for b in batches)

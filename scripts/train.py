@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 
 from research.config import ConfigError  # noqa: E402
-from research.config.cli import apply_overrides, load_experiment, split_argv  # noqa: E402
+from research.config.cli import absl_flags_parser, load_config  # noqa: E402
 from research.data.corpus import DataError  # noqa: E402
 
 flags.DEFINE_string("config", None, "Experiment file, optionally with a variant: experiments/x.py[:arg].")
@@ -23,13 +23,7 @@ flags.DEFINE_bool("fresh", False, "Start at step 0 even if the workdir holds che
 flags.DEFINE_integer("restore_step", None, "Resume from this checkpoint step instead of the newest.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
-_OVERRIDES: list[str] = []
-
-
-def parse_flags(argv):
-  rest, overrides = split_argv(argv)
-  _OVERRIDES.extend(overrides)
-  return FLAGS(rest)
+parse_flags, _OVERRIDES = absl_flags_parser(FLAGS)
 
 
 def main(_):
@@ -41,7 +35,7 @@ def main(_):
     sys.exit(1)
   resume = "fresh" if FLAGS.fresh else "latest" if FLAGS.restore_step is None else FLAGS.restore_step
   try:
-    cfg = apply_overrides(load_experiment(FLAGS.config), _OVERRIDES)
+    cfg = load_config(FLAGS.config, _OVERRIDES)
     train(cfg, FLAGS.workdir, resume=resume)  # a preempted run returns normally: exit 0
   except (ConfigError, DataError, NonFiniteError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -101,3 +101,22 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   overrides = [a for a in argv[1:] if a.startswith(PREFIX)]
   rest = [argv[0]] + [a for a in argv[1:] if not a.startswith(PREFIX)]
   return rest, overrides
+
+
+def absl_flags_parser(flag_values):
+  """(parser for absl's app.run(flags_parser=...), the list it fills with '--config.*' overrides).
+
+  absl rejects flags it does not know, so the overrides are taken out before it parses the rest.
+  """
+  overrides: list[str] = []
+
+  def parse(argv):
+    rest, found = split_argv(argv)
+    overrides.extend(found)
+    return flag_values(rest)
+
+  return parse, overrides
+
+
+def load_config(spec: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+  return apply_overrides(load_experiment(spec), overrides)
