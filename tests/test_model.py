@@ -100,3 +100,20 @@ def test_segments_isolate_documents(name):
   out = np.asarray(model(packed, positions=positions, segment_ids=segments))
   np.testing.assert_allclose(out[:, :7], np.asarray(model(doc_a)), atol=1e-5)
   np.testing.assert_allclose(out[:, 7:], np.asarray(model(doc_b)), atol=1e-5)
+
+
+@pytest.mark.parametrize("equation, x_shape, w_shape", [
+    ("...a,abc->...bc", (2, 5, 16), (16, 4, 8)),    # Dense to heads
+    ("...ab,abc->...c", (2, 5, 4, 8), (4, 8, 16)),  # Dense from heads
+    ("bld,vd->blv", (2, 5, 16), (24, 16)),          # tied output head
+])
+def test_bf16_matmul_gradients_match_float32(equation, x_shape, w_shape):
+  """The low-precision matmul's hand-written backward pass against autodiff of an f32 einsum."""
+  from research.models.layers import matmul
+  x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
+  w = jax.random.normal(jax.random.PRNGKey(1), w_shape)
+  f = lambda x, w: (matmul(equation, x, w, jnp.bfloat16).astype(jnp.float32) ** 2).sum()
+  ref = lambda x, w: (jnp.einsum(equation, x, w) ** 2).sum()
+  for got, want in zip(jax.grad(f, argnums=(0, 1))(x, w), jax.grad(ref, argnums=(0, 1))(x, w)):
+    assert got.shape == want.shape
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0.05, atol=0.05 * np.abs(want).max())

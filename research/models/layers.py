@@ -6,10 +6,12 @@ Every parameter is an `nnx.Param` with metadata `logical_axes` (one name per dim
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -29,9 +31,53 @@ def param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str], init: str |
 
 
 def matmul(equation: str, x: jax.Array, w: jax.Array, dtype: jnp.dtype) -> jax.Array:
-  """The one place every weight matmul goes through: inputs in `dtype`, f32 accumulation."""
-  out = jnp.einsum(equation, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
-  return out.astype(dtype)
+  """The one place every weight matmul goes through: inputs in `dtype`, f32 accumulation.
+
+  `equation` is 'x...,w->y' with x's leading axes kept ('...abc' style, as Dense builds) or the tied
+  head's 'bld,vd->blv'. Low-precision compute goes through `_lowp_matmul`, whose backward pass is
+  written out (see there).
+  """
+  if jnp.dtype(dtype) == jnp.float32:
+    return jnp.einsum(equation, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+  if equation == "bld,vd->blv":
+    lead, k = x.shape[:-1], x.shape[-1]
+    out = _lowp_matmul(x.reshape(-1, k), w, True, jnp.dtype(dtype))
+  else:
+    n_in = len(equation.split(",")[0]) - 3       # x's contracted letters, after '...'
+    lead, k = x.shape[:x.ndim - n_in], int(np.prod(x.shape[x.ndim - n_in:]))
+    out_shape = w.shape[n_in:]
+    out = _lowp_matmul(x.reshape(-1, k), w.reshape(k, -1), False, jnp.dtype(dtype))
+    return out.reshape(lead + out_shape).astype(dtype)
+  return out.reshape(lead + (w.shape[0],)).astype(dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _lowp_matmul(x_NxK, w, transposed: bool, dtype) -> jax.Array:
+  """[N, K] @ w ([K, M], or [M, K] when `transposed`) -> [N, M] float32, inputs cast to `dtype`."""
+  dims = (((1,), (1,)), ((), ())) if transposed else (((1,), (0,)), ((), ()))
+  return jax.lax.dot_general(x_NxK.astype(dtype), w.astype(dtype), dims, preferred_element_type=jnp.float32)
+
+
+def _lowp_matmul_fwd(x_NxK, w, transposed, dtype):
+  return _lowp_matmul(x_NxK, w, transposed, dtype), (x_NxK, w)
+
+
+def _lowp_matmul_bwd(transposed, dtype, residuals, dy_NxM):
+  # The input gradient runs in `dtype` like the forward pass. The weight gradient contracts over the
+  # N (token) axis, which XLA CPU runs ~4x slower in bf16 than in f32 (PERFORMANCE.md), so it is f32;
+  # on GPU/TPU both are fast and f32 costs little for these small [K, M] outputs.
+  x_NxK, w = residuals
+  w_lp, dy_lp = w.astype(dtype), dy_NxM.astype(dtype)
+  if transposed:   # w is [M, K]
+    dx = jax.lax.dot_general(dy_lp, w_lp, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    dw = jnp.einsum("nm,nk->mk", dy_NxM.astype(jnp.float32), x_NxK.astype(jnp.float32))
+  else:            # w is [K, M]
+    dx = jax.lax.dot_general(dy_lp, w_lp, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    dw = jnp.einsum("nk,nm->km", x_NxK.astype(jnp.float32), dy_NxM.astype(jnp.float32))
+  return dx.astype(x_NxK.dtype), dw.astype(w.dtype)
+
+
+_lowp_matmul.defvjp(_lowp_matmul_fwd, _lowp_matmul_bwd)
 
 
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
