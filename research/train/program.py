@@ -36,7 +36,7 @@ class TrainProgram:
   replicated: NamedSharding
 
   def init_state(self) -> TrainState:
-    init = make_init_fn(self.cfg.model, self.graphdef, self.optimizer, self.cfg.seed)
+    init = make_init_fn(self.cfg.model, self.optimizer, self.cfg.seed)
     with activation_rules(self.mesh, self.rules):
       return jax.jit(init, out_shardings=self.shardings)()
 
@@ -51,8 +51,7 @@ class TrainProgram:
     return self.cfg.data.packing == "pack"
 
   def abstract_state(self) -> TrainState:
-    init = make_init_fn(self.cfg.model, self.graphdef, self.optimizer, self.cfg.seed)
-    shapes = jax.eval_shape(init)
+    shapes = jax.eval_shape(make_init_fn(self.cfg.model, self.optimizer, self.cfg.seed))
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, self.shardings)
 
   def compile_train_step(self, batch_size: int | None = None, seq_len: int | None = None) -> Callable:

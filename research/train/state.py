@@ -55,7 +55,7 @@ def state_shardings(mesh, rules, optimizer: optax.GradientTransformation, abstra
                     skipped_steps=replicated)
 
 
-def make_init_fn(model_cfg, graphdef, optimizer, seed: int):
+def make_init_fn(model_cfg, optimizer, seed: int):
   """A function () -> TrainState, to be jitted with out_shardings so each device makes only its shards."""
 
   def init() -> TrainState:

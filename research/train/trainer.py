@@ -110,14 +110,15 @@ def train(cfg, workdir: str, log=print, resume: str | int = "latest") -> dict:
   t = cfg.train
 
   # ---------------------------------------------------------------- data
-  if jax.process_count() > 1:  # process 0 builds the corpus and tokenizer; the others then open them
-    from jax.experimental import multihost_utils
-    if jax.process_index() == 0:
-      build_pipeline(cfg.data, log=log)
-    multihost_utils.sync_global_devices("data prepared")
-  data = build_pipeline(cfg.data, log=log)
-  resolve_vocab(cfg, data.tokenizer)
   pid, nproc = jax.process_index(), jax.process_count()
+  # Process 0 builds the corpus and tokenizer; the others open them once it is done.
+  data = build_pipeline(cfg.data, log=log) if pid == 0 else None
+  if nproc > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("data prepared")
+  if data is None:
+    data = build_pipeline(cfg.data, log=log)
+  resolve_vocab(cfg, data.tokenizer)
   train_iter = iter(data.train_dataset(t.batch_size, t.seq_len, cfg.seed, pid, nproc))
 
   # ---------------------------------------------------------------- model, optimizer, shardings
