@@ -85,8 +85,7 @@ def test_script_reports_bad_key_in_one_line(tmp_path):
       [sys.executable, "scripts/train.py", "--config=experiments/default.py", f"--workdir={tmp_path}",
        "--config.train.num_stepz=5"], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 1
-  assert proc.stderr.strip().splitlines()[-1] == (
-      "error: unknown config key train.num_stepz: train has no 'num_stepz' (keys: batch_size, eval_batches, "
-      "eval_every, log_every, microbatches, nonfinite, num_steps, progress, sample_at_end, sample_temperature, "
-      "sample_tokens, seq_len, tensorboard)")
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: unknown config key train.num_stepz: train has no 'num_stepz' (keys: batch_size, ")
+  assert "num_steps, " in last and last.endswith(", tensorboard)")
   assert "compiled" not in proc.stdout

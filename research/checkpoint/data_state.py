@@ -1,8 +1,9 @@
-"""The data iterators' states in a checkpoint: one per process, all in one JSON item.
+"""The data iterators' states in a checkpoint: one per data stream, all in one JSON item.
 
-Orbax's JSON handler writes from the primary process only, so the states of all processes are
-gathered first; on restore each process takes its own, and a different process count, or a change
-to any setting that shapes the batch stream, is refused rather than silently resuming elsewhere.
+Orbax's JSON handler writes from the primary process only, so the streams of all processes are
+gathered first; on restore each process takes its own streams (so a run may resume on another
+process count), and a different number of streams, or a change to any setting that shapes the
+batch stream, is refused rather than silently resuming elsewhere.
 """
 from __future__ import annotations
 
@@ -21,26 +22,36 @@ STREAM_KEYS = ("seed", "train.batch_size", "train.seq_len", "data.format", "data
 
 
 def gather_states(local_state: dict) -> dict:
-  """{'process_count': n, 'states': [state of process 0, ..., n-1]} (a collective when n > 1)."""
+  """{'streams': {stream index: state}} of every process merged into one (a collective when n > 1)."""
   n = jax.process_count()
   if n == 1:
-    return {"process_count": 1, "states": [local_state]}
+    return {"streams": dict(local_state["streams"])}
   from jax.experimental import multihost_utils
   data = np.frombuffer(json.dumps(local_state).encode(), np.uint8)
   lengths = np.asarray(multihost_utils.process_allgather(np.int32(len(data)))).reshape(-1)
   buffer = np.zeros(int(lengths.max()), np.uint8)
   buffer[:len(data)] = data
   gathered = np.asarray(multihost_utils.process_allgather(buffer)).reshape(n, -1)
-  return {"process_count": n, "states": [json.loads(bytes(gathered[i, :lengths[i]])) for i in range(n)]}
+  merged = {}
+  for i in range(n):
+    merged.update(json.loads(bytes(gathered[i, :lengths[i]]))["streams"])
+  return {"streams": merged}
 
 
-def local_state(saved: dict) -> dict:
-  n = jax.process_count()
-  if saved.get("process_count") != n:
-    raise CheckpointError(f"the checkpoint's data iterator was written by {saved.get('process_count')} "
-                          f"process(es) and this run has {n}; resume with the same number of processes "
+def saved_num_streams(saved: dict) -> int | None:
+  """How many data streams the checkpoint's iterator state holds (None: a state without streams)."""
+  return len(saved["streams"]) if isinstance(saved, dict) and "streams" in saved else None
+
+
+def local_state(saved: dict, num_streams: int) -> dict:
+  """This process's streams out of a checkpoint's merged state; any process count that divides
+  the number of streams can resume it."""
+  found = saved_num_streams(saved)
+  if found != num_streams:
+    raise CheckpointError(f"the checkpoint's data iterator has {found} stream(s) and this run has "
+                          f"{num_streams} (data.streams); set --config.data.streams={found} to resume it "
                           "(or --fresh)")
-  return saved["states"][jax.process_index()]
+  return saved
 
 
 def _get(cfg: dict, dotted: str):

@@ -32,6 +32,11 @@ def model_defaults() -> ml_collections.ConfigDict:
   m.dropout = 0.0              # residual, attention-output and embedding dropout (train only)
   m.attention_impl = "xla"     # xla (everywhere) | cudnn (GPU only)
   m.init_std = 0.02
+  m.remat = "none"             # activation checkpointing per block: none | full | dots_saveable |
+                               # dots_no_batch_saveable | attn_out_saveable | mlp_out_saveable |
+                               # attn_mlp_out_saveable (see research/models/remat.py)
+  m.scan_layers = False        # one lax.scan over stacked blocks: compile time independent of depth
+                               # (parameters get a leading 'layers' axis; checkpoints differ in layout)
   m.dtype = "float32"          # compute dtype of activations and matmuls: float32 | bfloat16
   m.param_dtype = "float32"    # storage dtype of parameters and optimizer state; bfloat16 loses
                                # updates smaller than its precision (small learning rates, weight decay)
@@ -59,6 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tfds_text_feature = "text"
   c.data.mixture = ()            # ((source, weight), ...): source is a local path/glob or "tfds:NAME"
   c.data.packing = "pack"        # pack (whole documents, segment ids, no cross-document attention) | chunk
+  c.data.streams = 0             # independent streams making up the global batch, spread over processes.
+                                 # 0: one per process (a resumed run keeps its checkpoint's number). Fix it
+                                 # (a multiple of every process count you use) and batches do not depend
+                                 # on the process count, so runs and checkpoints move between them.
   c.data.num_workers = 0         # Grain worker processes (0: read in the training process)
   c.data.read_threads = 2        # threads reading and tokenizing documents in each process
   c.data.tokenizer = "byte"      # byte | sentencepiece | bpe (GPT-2 files) | tiktoken (a .tiktoken file)
@@ -86,6 +95,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.sample_temperature = 0.8
   c.train.tensorboard = True
   c.train.progress = True        # a live progress bar on a terminal; else one line per log
+  c.train.profile_start_step = 0  # capture a JAX profiler trace of steps [start, stop) into
+  c.train.profile_stop_step = 0   # DIR/profile (TensorBoard/XProf, Perfetto); stop <= start: off
+  c.train.cost_per_device_hour = 0.0  # $ per device-hour for the run's cost estimate (0: no estimate)
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 3e-4   # peak learning rate

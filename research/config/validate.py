@@ -31,6 +31,8 @@ CHOICES = {
     "data.packing": ("pack", "chunk"),
     "data.spm_model_type": ("unigram", "bpe", "char", "word"),
     "train.nonfinite": ("stop", "skip"),
+    "model.remat": ("none", "full", "dots_saveable", "dots_no_batch_saveable", "attn_out_saveable",
+                    "mlp_out_saveable", "attn_mlp_out_saveable"),
     "checkpoint.best_mode": ("min", "max"),
     "optimizer.schedule": ("warmup_cosine", "warmup_linear", "wsd", "constant"),
 }
@@ -44,7 +46,8 @@ NON_NEGATIVE = ("model.vocab_size", "model.num_kv_heads", "model.head_dim", "mod
                 "optimizer.weight_decay", "optimizer.grad_clip_norm", "model.dropout",
                 "optimizer.final_learning_rate", "data.num_workers", "data.read_threads",
                 "checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.keep_every_steps",
-                "checkpoint.keep_best")
+                "checkpoint.keep_best", "data.streams", "train.profile_start_step",
+                "train.profile_stop_step", "train.cost_per_device_hour")
 
 
 def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """Grain pipelines from sources to token batches, per process, deterministic and resumable.
 
-Train: for each source, shuffle documents (seeded, reshuffled every epoch) -> this process's share ->
+Train: for each source, shuffle documents (seeded, reshuffled every epoch) -> this stream's share ->
 tokenize + EOS -> mix sources by weight -> either pack whole documents into rows (segment ids and
 per-document positions, so attention never crosses documents) or concatenate-and-chunk -> batch ->
-optional worker processes. The iterator's state (`get_state()`, a small JSON-able dict) restores it to
-the exact next batch.
+optional worker processes. A global batch is `data.streams` such streams side by side, spread over
+the processes, so it does not depend on the process count. The iterator's state (`get_state()`, a
+small JSON-able dict per stream) restores it to the exact next batch.
 Eval: the validation split(s) in order, packed/chunked the same way, the same batches every time.
 
 Batches are dicts of [rows, seq_len] arrays: inputs, targets (int32), weights (float32, 0 on
@@ -93,18 +94,35 @@ class DataPipeline:
     keys = ("inputs", "targets", "weights")
     return keys + ("positions", "segment_ids") if self.cfg.packing == "pack" else keys
 
-  def train_dataset(self, batch_size: int, seq_len: int, seed: int, process_index: int = 0,
-                    process_count: int = 1) -> grain.IterDataset:
-    """This process's rows of each global batch (batch_size // process_count of them)."""
-    rows = batch_size // process_count
+  def train_dataset(self, batch_size: int, seq_len: int, seed: int, num_streams: int = 1,
+                    process_index: int = 0, process_count: int = 1) -> "Streams":
+    """This process's rows of each global batch (batch_size // process_count of them).
+
+    The global batch is `num_streams` independent streams side by side, each with
+    batch_size // num_streams rows: stream s reads documents s, s + num_streams, ... of the shuffled
+    sources and packs them on its own. Process p runs the contiguous streams
+    [p * num_streams / process_count, (p + 1) * num_streams / process_count), so the global batch
+    depends only on num_streams, never on how many processes share the work.
+    """
+    if num_streams % process_count or batch_size % num_streams:
+      raise ValueError(f"{num_streams} data streams cannot be split over {process_count} processes and "
+                       f"{batch_size} rows; data.streams must divide train.batch_size and be a multiple of "
+                       "the process count")
+    per_process = num_streams // process_count
+    first = process_index * per_process
+    return Streams({s: self._stream(s, num_streams, batch_size // num_streams, seq_len, seed)
+                    for s in range(first, first + per_process)})
+
+  def _stream(self, index: int, num_streams: int, rows: int, seq_len: int, seed: int) -> grain.IterDataset:
     read = grain.ReadOptions(num_threads=max(1, self.cfg.read_threads), prefetch_buffer_size=64)
     docs = []
     for i, source in enumerate(self.sources):
       ds = grain.MapDataset.source(source.train).shuffle(seed=seed + 7919 * i).repeat(None)
-      ds = ds[process_index::process_count].map(Tokenize(self.tokenizer, source.feature))
+      ds = ds[index::num_streams].map(Tokenize(self.tokenizer, source.feature))
       docs.append(ds.to_iter_dataset(read))
     mixed = docs[0] if len(docs) == 1 else grain.IterDataset.mix(docs, [s.weight for s in self.sources])
-    ds = rows_from_documents(mixed, self.cfg.packing, seq_len, seed, num_bins=rows, shuffle_bins=True)
+    ds = rows_from_documents(mixed, self.cfg.packing, seq_len, seed + 104729 * index, num_bins=rows,
+                             shuffle_bins=True)
     ds = ds.batch(rows, drop_remainder=True)
     if self.cfg.num_workers > 0:
       ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.cfg.num_workers))
@@ -145,6 +163,47 @@ class DataPipeline:
         break
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
+
+
+class Streams:
+  """Several streams' datasets, iterated together: each batch is their batches stacked in stream order."""
+
+  def __init__(self, datasets: dict[int, grain.IterDataset]):
+    self.datasets = datasets
+
+  def __iter__(self) -> "StreamsIterator":
+    return StreamsIterator({s: iter(ds) for s, ds in self.datasets.items()})
+
+
+class StreamsIterator:
+  """next() -> one batch of this process's rows; get_state()/set_state() -> {'streams': {s: state}},
+  keyed by global stream index so that a checkpoint can be split over another process count."""
+
+  def __init__(self, iterators: dict):
+    self.iterators = iterators
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    parts = [next(it) for it in self.iterators.values()]
+    return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def get_state(self) -> dict:
+    return {"streams": {str(s): it.get_state() for s, it in self.iterators.items()}}
+
+  def set_state(self, state: dict) -> None:
+    saved = state["streams"]
+    missing = [s for s in self.iterators if str(s) not in saved]
+    if missing:
+      raise KeyError(f"no saved state for data stream(s) {missing}; the state holds {sorted(saved, key=int)}")
+    for s, it in self.iterators.items():
+      it.set_state(saved[str(s)])
+
+  def close(self) -> None:
+    for it in self.iterators.values():
+      if hasattr(it, "close"):
+        it.close()
 
 
 def _stack(rows: list[dict]) -> dict:

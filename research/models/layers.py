@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -35,8 +36,12 @@ def matmul(equation: str, x: jax.Array, w: jax.Array, dtype: jnp.dtype) -> jax.A
 
   `equation` is 'x...,w->y' with x's leading axes kept ('...abc' style, as Dense builds) or the tied
   head's 'bld,vd->blv'. Low-precision compute goes through `_lowp_matmul`, whose backward pass is
-  written out (see there).
+  written out (see there). The output is named 'matmul' for the remat policies.
   """
+  return checkpoint_name(_matmul(equation, x, w, dtype), "matmul")
+
+
+def _matmul(equation: str, x: jax.Array, w: jax.Array, dtype: jnp.dtype) -> jax.Array:
   if jnp.dtype(dtype) == jnp.float32:
     return jnp.einsum(equation, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
   if equation == "bld,vd->blv":

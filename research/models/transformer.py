@@ -13,6 +13,7 @@ from flax import nnx
 
 from research.models.attention import CausalSelfAttention
 from research.models.layers import DTYPES, Dense, Embedding, Norm, dropout, matmul
+from research.models.remat import checkpoint_name, remat
 from research.sharding import constrain
 
 ACTIVATIONS = {
@@ -58,11 +59,27 @@ class Block(nnx.Module):
 
   def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL, rng):
     rng_attn, rng_mlp = (None, None) if rng is None else jax.random.split(rng)
-    h = self.attn(self.attn_norm(x_BxLxD), positions_BxL, segment_ids_BxL)
+    h = checkpoint_name(self.attn(self.attn_norm(x_BxLxD), positions_BxL, segment_ids_BxL), "attn_out")
     x_BxLxD = x_BxLxD + dropout(h, self.rate, rng_attn)
-    h = self.mlp(self.mlp_norm(x_BxLxD))
+    h = checkpoint_name(self.mlp(self.mlp_norm(x_BxLxD)), "mlp_out")
     x_BxLxD = x_BxLxD + dropout(h, self.rate, rng_mlp)
     return constrain(x_BxLxD, ("act_batch", "act_length", "act_embed"))
+
+
+def stacked_blocks(cfg, dtype, param_dtype, rngs: nnx.Rngs) -> Block:
+  """One Block whose parameters have a leading [num_layers] axis (logical name 'layers'), each
+  layer initialised from its own key, for `jax.lax.scan`."""
+
+  @nnx.split_rngs(splits=cfg.num_layers)
+  @nnx.vmap(in_axes=(0,), out_axes=0)
+  def make(rngs):
+    return Block(cfg, dtype, param_dtype, rngs)
+
+  blocks = make(rngs)
+  for _, variable in nnx.iter_graph(blocks):
+    if isinstance(variable, nnx.Param):
+      variable.set_metadata("logical_axes", ("layers",) + tuple(variable.get_metadata()["logical_axes"]))
+  return blocks
 
 
 class DecoderLM(nnx.Module):
@@ -70,6 +87,8 @@ class DecoderLM(nnx.Module):
 
   `positions` default to 0..L-1; with packed rows pass per-document positions and `segment_ids`
   so that attention stays inside each document. `dropout_rng=None` means evaluation.
+  With cfg.scan_layers the blocks are one stacked Block run by `jax.lax.scan` (parameters
+  'blocks/...' with a leading layer axis, instead of 'blocks/<i>/...'); cfg.remat wraps each block.
   """
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
@@ -81,7 +100,10 @@ class DecoderLM(nnx.Module):
     self.embed = Embedding(cfg.vocab_size, cfg.embed_dim, "vocab", cfg.init_std, param_dtype, rngs)
     self.pos_embed = (Embedding(cfg.max_seq_len, cfg.embed_dim, "positions", cfg.init_std, param_dtype, rngs)
                       if cfg.position == "learned" else None)
-    self.blocks = nnx.List([Block(cfg, dtype, param_dtype, rngs) for _ in range(cfg.num_layers)])
+    if cfg.scan_layers:
+      self.blocks = stacked_blocks(cfg, dtype, param_dtype, rngs)
+    else:
+      self.blocks = nnx.List([Block(cfg, dtype, param_dtype, rngs) for _ in range(cfg.num_layers)])
     self.final_norm = Norm(cfg.embed_dim, cfg.norm, cfg.norm_eps, cfg.use_bias, param_dtype, rngs)
     self.lm_head = (None if cfg.tie_embeddings else
                     Dense((cfg.embed_dim,), (cfg.vocab_size,), ("embed",), ("vocab",), use_bias=False,
@@ -96,16 +118,36 @@ class DecoderLM(nnx.Module):
     x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0).astype(self.dtype)
     if self.pos_embed is not None:
       x_BxLxD = x_BxLxD + jnp.take(self.pos_embed.embedding[...], positions, axis=0).astype(self.dtype)
-    rngs = [None] * (len(self.blocks) + 1)
-    if dropout_rng is not None:
-      rngs = list(jax.random.split(dropout_rng, len(self.blocks) + 1))
-    x_BxLxD = dropout(x_BxLxD, self.cfg.dropout, rngs[-1])
+    n = self.cfg.num_layers
+    rngs = None if dropout_rng is None else jax.random.split(dropout_rng, n + 1)
+    x_BxLxD = dropout(x_BxLxD, self.cfg.dropout, None if rngs is None else rngs[n])
     x_BxLxD = constrain(x_BxLxD, ("act_batch", "act_length", "act_embed"))
-    for block, rng in zip(self.blocks, rngs):
-      x_BxLxD = block(x_BxLxD, positions, segment_ids, rng)
+    x_BxLxD = self._run_blocks(x_BxLxD, positions, segment_ids, None if rngs is None else rngs[:n])
     x_BxLxD = self.final_norm(x_BxLxD)
     if self.lm_head is None:
       logits_BxLxV = matmul("bld,vd->blv", x_BxLxD, table_VxD, self.dtype)
     else:
       logits_BxLxV = self.lm_head(x_BxLxD)
     return constrain(logits_BxLxV.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
+
+  def _run_blocks(self, x_BxLxD, positions_BxL, segment_ids_BxL, rngs_N):
+    """The blocks in order, each under the remat policy; a lax.scan when they are stacked."""
+
+    def apply(graphdef, state, x, rng):
+      return nnx.merge(graphdef, state)(x, positions_BxL, segment_ids_BxL, rng)
+
+    policy = self.cfg.remat
+    if not self.cfg.scan_layers:
+      for i, block in enumerate(self.blocks):
+        graphdef, state = nnx.split(block)
+        step = remat(lambda s, x, r, g=graphdef: apply(g, s, x, r), policy)
+        x_BxLxD = step(state, x_BxLxD, None if rngs_N is None else rngs_N[i])
+      return x_BxLxD
+    graphdef, state = nnx.split(self.blocks)
+
+    def body(x, layer):
+      state_i, rng_i = layer
+      return apply(graphdef, state_i, x, rng_i), None
+
+    x_BxLxD, _ = jax.lax.scan(remat(body, policy, prevent_cse=False), x_BxLxD, (state, rngs_N))
+    return x_BxLxD

@@ -31,6 +31,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("head_dim", None),
     ("positions", None),
     ("norm", None),
+    ("layers", None),          # the stacked-blocks axis of model.scan_layers
     # activations
     ("act_batch", ("data", "fsdp")),
     ("act_length", None),
