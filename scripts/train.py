@@ -1,9 +1,13 @@
 """Pretrain a language model.
 
   python scripts/train.py --config=experiments/<name>.py[:variant] --workdir=DIR [--config.<key>=<value> ...]
+  python scripts/train.py --config=... --dry_run      compile the step, print its memory per device, exit
 
 A workdir that holds checkpoints resumes from the newest readable one (--fresh starts over,
 --restore_step=N picks one). SIGTERM saves a checkpoint and exits 0.
+Multi-host: run the same command on every host. TPU pods, SLURM (srun) and Open MPI are detected;
+elsewhere pass --coordinator_address=HOST:PORT --num_processes=N --process_id=I (or use
+scripts/launch_local.py for N processes on one machine).
 """
 import os
 import sys
@@ -21,22 +25,39 @@ flags.DEFINE_string("workdir", None, "Where metrics, TensorBoard logs and checkp
 flags.DEFINE_bool("fresh", False, "Start at step 0 even if the workdir holds checkpoints (they are moved "
                   "aside, not deleted).")
 flags.DEFINE_integer("restore_step", None, "Resume from this checkpoint step instead of the newest.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.DEFINE_bool("dry_run", False, "Only compile the train step ahead of time, print its memory per device "
+                  "(parameters, optimizer state, batch, temporaries) and FLOPs, and exit 0. Writes nothing.")
+flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0's coordinator.")
+flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes take part.")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's index in [0, num_processes).")
+flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 parse_flags, _OVERRIDES = absl_flags_parser(FLAGS)
 
 
 def main(_):
   logging.set_verbosity(logging.ERROR)  # keep JAX backend probing and TFDS chatter off the console
+  from research import distributed
+  try:  # before anything starts a JAX backend
+    joined = distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
   from research.checkpoint import CheckpointError
   from research.train.trainer import NonFiniteError, train
   if FLAGS.fresh and FLAGS.restore_step is not None:
     print("error: --fresh and --restore_step exclude each other", file=sys.stderr)
     sys.exit(1)
+  if not FLAGS.workdir and not FLAGS.dry_run:
+    print("error: --workdir is required (where metrics and checkpoints go), except with --dry_run", file=sys.stderr)
+    sys.exit(1)
   resume = "fresh" if FLAGS.fresh else "latest" if FLAGS.restore_step is None else FLAGS.restore_step
   try:
     cfg = load_config(FLAGS.config, _OVERRIDES)
-    train(cfg, FLAGS.workdir, resume=resume)  # a preempted run returns normally: exit 0
+    import jax
+    if jax.process_index() == 0 and jax.process_count() > 1:
+      print(joined, flush=True)
+    train(cfg, FLAGS.workdir, resume=resume, dry_run=FLAGS.dry_run)  # a preempted run returns normally: exit 0
   except (ConfigError, DataError, NonFiniteError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

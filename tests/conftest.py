@@ -9,31 +9,7 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 
-from research.config import base_config  # noqa: E402
-from research.models import apply_preset  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-WORDS = ("the king and queen of a small land spoke to their people about bread wine rain and war "
-         "while the old fool sang songs of love and loss under a grey sky").split()
-
-
-def write_corpus(directory, num_files=4, lines=120, seed=0):
-  """Plain-English-ish text files with some structure a model can learn."""
-  import random
-  rng = random.Random(seed)
-  os.makedirs(directory, exist_ok=True)
-  paths = []
-  for i in range(num_files):
-    text = []
-    for j in range(lines):
-      speaker = rng.choice(["KING", "QUEEN", "FOOL"])
-      text.append(f"{speaker}.\n" + " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) + ".\n")
-    path = os.path.join(directory, f"play_{i}.txt")
-    with open(path, "w") as f:
-      f.write("\n".join(text))
-    paths.append(path)
-  return paths
+from tests.helpers import ROOT, tiny_config, write_corpus  # noqa: E402,F401  (re-exported for tests)
 
 
 @pytest.fixture(scope="session")
@@ -41,31 +17,6 @@ def corpus_dir(tmp_path_factory):
   d = tmp_path_factory.mktemp("corpus")
   write_corpus(str(d))
   return str(d)
-
-
-def tiny_config(corpus: str, cache_dir: str, family: str = "gpt2"):
-  """A config small enough to compile and train in seconds on CPU."""
-  c = base_config()
-  apply_preset(c.model, "gpt2-tiny" if family == "gpt2" else "llama-tiny")
-  c.model.vocab_size = 0
-  c.data.path = corpus
-  c.data.val_files = ("play_3.txt",)
-  c.data.tokenizer = "byte"
-  c.data.cache_dir = cache_dir
-  c.train.num_steps = 30
-  c.train.batch_size = 8
-  c.train.seq_len = 32
-  c.train.log_every = 5
-  c.train.eval_every = 15
-  c.train.eval_batches = 4
-  c.train.sample_at_end = 1
-  c.train.sample_tokens = 8
-  c.train.progress = False
-  c.optimizer.learning_rate = 3e-3
-  c.optimizer.final_learning_rate = 3e-4
-  c.optimizer.warmup_steps = 5
-  c.mesh.shape = (-1, 1, 1)
-  return c
 
 
 @pytest.fixture

@@ -70,11 +70,31 @@ def test_chunked_batches_are_full_rows(tiny_cfg):
   np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
 
 
-def test_process_shares(tiny_cfg):
+@pytest.mark.parametrize("packing", ["pack", "chunk"])
+def test_global_batch_does_not_depend_on_the_process_count(tiny_cfg, packing):
+  p = _pipeline(tiny_cfg, doc_split="blank_lines", packing=packing)
+  one = _take(iter(p.train_dataset(8, 32, seed=0, num_streams=4)), 3)
+  for nproc in (2, 4):
+    shares = [_take(iter(p.train_dataset(8, 32, seed=0, num_streams=4, process_index=i, process_count=nproc)), 3)
+              for i in range(nproc)]
+    assert shares[0][0]["inputs"].shape == (8 // nproc, 32)
+    joined = [{k: np.concatenate([s[b][k] for s in shares]) for k in one[b]} for b in range(3)]
+    _same(joined, one)
+  assert not np.array_equal(one[0]["inputs"][:2], one[0]["inputs"][2:4])  # streams read different documents
+  with pytest.raises(ValueError, match="data.streams must divide"):
+    p.train_dataset(8, 32, seed=0, num_streams=3, process_count=1)
+
+
+def test_stream_states_move_between_process_counts(tiny_cfg):
   p = _pipeline(tiny_cfg, doc_split="blank_lines")
-  shares = [_take(iter(p.train_dataset(8, 32, seed=0, process_index=i, process_count=2)), 2) for i in (0, 1)]
-  assert shares[0][0]["inputs"].shape == (4, 32)
-  assert not np.array_equal(shares[0][0]["inputs"], shares[1][0]["inputs"])
+  uninterrupted = _take(iter(p.train_dataset(8, 32, seed=0, num_streams=2)), 6)
+  shares = [iter(p.train_dataset(8, 32, seed=0, num_streams=2, process_index=i, process_count=2)) for i in (0, 1)]
+  for it in shares:
+    _take(it, 4)
+  merged = {"streams": {**shares[0].get_state()["streams"], **shares[1].get_state()["streams"]}}
+  resumed = iter(p.train_dataset(8, 32, seed=0, num_streams=2))
+  resumed.set_state(json.loads(json.dumps(merged)))
+  _same(_take(resumed, 2), uninterrupted[4:])
 
 
 @pytest.mark.parametrize("packing", ["pack", "chunk"])

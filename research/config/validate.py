@@ -144,6 +144,10 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
   if micro % processes or batch_shards % processes and processes % batch_shards:
     raise ConfigError(f"train.batch_size={t.batch_size} / train.microbatches={t.microbatches} = {micro} sequences "
                       f"cannot be split evenly over {processes} processes with data x fsdp = {batch_shards}")
+  streams = cfg.data.streams
+  if streams and (t.batch_size % streams or streams % processes):
+    raise ConfigError(f"data.streams={streams} must divide train.batch_size={t.batch_size} and be a multiple "
+                      f"of the process count ({processes}); 0 gives one stream per process")
   for i, rule in enumerate(cfg.mesh.rules):
     if len(rule) != 2 or not isinstance(rule[0], str):
       raise ConfigError(f"mesh.rules[{i}]={rule!r} must be (logical_name, mesh_axes)")
@@ -171,5 +175,8 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
   if not (cfg.data.path or cfg.data.tfds_name or cfg.data.mixture):
     raise ConfigError("data.path is empty (and no data.tfds_name or data.mixture); give a text file, "
                       "a directory or a glob")
+  if t.profile_stop_step and not 1 <= t.profile_start_step < t.profile_stop_step:
+    raise ConfigError(f"train.profile_start_step={t.profile_start_step}, train.profile_stop_step="
+                      f"{t.profile_stop_step}: trace steps [start, stop) need 1 <= start < stop")
   if t.sample_temperature < 0:
     raise ConfigError(f"train.sample_temperature={t.sample_temperature} must be >= 0")

@@ -115,9 +115,13 @@ class DecoderLM(nnx.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
     table_VxD = self.embed.embedding[...]
-    x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0).astype(self.dtype)
+    # Gather from a table whole along D (as FSDP gathers weights anyway): a lookup into a D-sharded
+    # table makes XLA's partitioner replicate the result ("involuntary full rematerialization").
+    lookup_VxD = constrain(table_VxD, ("vocab", None))
+    x_BxLxD = jnp.take(lookup_VxD, tokens_BxL, axis=0).astype(self.dtype)
     if self.pos_embed is not None:
-      x_BxLxD = x_BxLxD + jnp.take(self.pos_embed.embedding[...], positions, axis=0).astype(self.dtype)
+      pos_table = constrain(self.pos_embed.embedding[...], ("positions", None))
+      x_BxLxD = x_BxLxD + jnp.take(pos_table, positions, axis=0).astype(self.dtype)
     n = self.cfg.num_layers
     rngs = None if dropout_rng is None else jax.random.split(dropout_rng, n + 1)
     x_BxLxD = dropout(x_BxLxD, self.cfg.dropout, None if rngs is None else rngs[n])

@@ -72,3 +72,21 @@ def peak_flops(devices, compute_dtype: str) -> tuple[float, str]:
 
 def mfu(flops_per_token: float, tokens_per_sec: float, peak: float) -> float:
   return flops_per_token * tokens_per_sec / peak if peak > 0 else 0.0
+
+
+def compute_summary(flops_per_token: float, tokens: int, num_devices: int, seconds: float,
+                    cost_per_device_hour: float = 0.0) -> dict:
+  """What the run used: tokens, model FLOPs (flops_per_token x tokens), device-hours (devices x wall
+  seconds of the whole run, as billed) and, with a price, its cost."""
+  device_hours = num_devices * seconds / 3600
+  summary = {"tokens_seen": int(tokens), "total_flops": flops_per_token * tokens,
+             "device_hours": device_hours, "cost_per_device_hour": cost_per_device_hour or None,
+             "estimated_cost": device_hours * cost_per_device_hour if cost_per_device_hour else None}
+  return summary
+
+
+def format_compute_summary(s: dict) -> str:
+  cost = f", estimated cost ${s['estimated_cost']:,.2f} at ${s['cost_per_device_hour']:g}/device-hour" \
+      if s["estimated_cost"] is not None else " (set train.cost_per_device_hour for a cost estimate)"
+  return (f"compute: {s['tokens_seen']:,} tokens, {s['total_flops']:.3e} model FLOPs, "
+          f"{s['device_hours']:.4f} device-hours{cost}")

@@ -1,6 +1,8 @@
 """The training run: `train(cfg, workdir)`, read top to bottom.
 
-  setup -> data -> model, optimizer, shardings -> compile -> loop (log / eval) -> final eval, samples
+  setup -> tokenizer -> model, optimizer, shardings -> compile (memory report; --dry_run stops here)
+  -> restore or initialise -> data -> loop (log / eval / checkpoint / profile) -> final eval, samples,
+  compute summary
 """
 from __future__ import annotations
 
@@ -14,17 +16,20 @@ import jax
 import numpy as np
 
 from research.checkpoint import CheckpointError, Checkpointer, PreemptionWatcher
-from research.checkpoint.data_state import check_same_stream, gather_states, local_state
+from research.checkpoint.data_state import check_same_stream, gather_states, local_state, saved_num_streams
 from research.checkpoint.manager import code_version
 from research.config import ConfigError, validate_config
 from research.data import build_pipeline
 from research.infer.sample import sample_text
 from research.models import count_params, flops_per_token
+from research.perf.compiled import compiler_flops, format_memory, memory_report
 from research.sharding import make_mesh
 from research.train import mfu as mfu_lib
 from research.train.evaluation import evaluate
 from research.train.metrics import MetricsWriter, Progress
+from research.train.profiler import StepProfiler
 from research.train.program import build_program
+from research.train.workdir import check_resume, prepare_workdir, truncate_metrics
 
 
 class NonFiniteError(RuntimeError):
@@ -49,82 +54,55 @@ def host_params(params):
   return multihost_utils.process_allgather(params, tiled=True)
 
 
-def truncate_metrics(path: str, step: int) -> None:
-  """On resume from `step`, drop records of later steps (they will be produced again) and a line
-  torn by a kill mid-write."""
-  if not os.path.isfile(path):
-    return
-  kept = []
-  with open(path) as f:
-    for line in f:
-      try:
-        if json.loads(line).get("step", 0) <= step:
-          kept.append(line if line.endswith("\n") else line + "\n")
-      except json.JSONDecodeError:
-        continue
-  with open(path + ".tmp", "w") as f:
-    f.writelines(kept)
-  os.replace(path + ".tmp", path)
+def open_data(cfg, log):
+  """The data pipeline; process 0 builds the corpus and tokenizer, the others open them after."""
+  pid, nproc = jax.process_index(), jax.process_count()
+  data = build_pipeline(cfg.data, log=log) if pid == 0 else None
+  if nproc > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("data prepared")
+  return data if data is not None else build_pipeline(cfg.data, log=log)
 
 
-def prepare_workdir(workdir: str, resume, log) -> None:
-  """Never loses work: --fresh moves the previous run's checkpoints, metrics and TensorBoard logs aside;
-  resuming from an older step moves the newer steps aside, so 'latest' cannot later pick them up."""
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  stamp = time.strftime("%Y%m%d-%H%M%S")
-  has_ckpts = os.path.isdir(ckpt_dir) and any(s.isdigit() for s in os.listdir(ckpt_dir))
-  if resume == "fresh" or not has_ckpts:
-    names = ["checkpoints", "metrics.jsonl", "tensorboard"] if resume == "fresh" else ["metrics.jsonl", "tensorboard"]
-    for name in names:
-      path = os.path.join(workdir, name)
-      if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
-        os.rename(path, f"{path}.before-{stamp}")
-        log(f"workdir: moved the previous run's {name} to {path}.before-{stamp}")
-  elif isinstance(resume, int):
-    steps = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
-    if resume not in steps:  # checked before anything moves
-      raise CheckpointError(f"no checkpoint for step {resume} in {ckpt_dir}; steps: {steps}")
-    newer = [s for s in os.listdir(ckpt_dir) if s.isdigit() and int(s) > resume]
-    if newer:
-      aside = f"{ckpt_dir}.after-{resume}-{stamp}"
-      os.makedirs(aside)
-      for s in newer:
-        os.rename(os.path.join(ckpt_dir, s), os.path.join(aside, s))
-      log(f"checkpoint: --restore_step={resume}: moved the newer steps {sorted(map(int, newer))} to {aside}")
+def resolve_streams(cfg, saved_data_state) -> int:
+  """data.streams, or when it is 0: the checkpoint's number when resuming, else one per process."""
+  if cfg.data.streams:
+    return cfg.data.streams
+  saved = saved_num_streams(saved_data_state) if saved_data_state is not None else None
+  n = saved or jax.process_count()
+  if n % jax.process_count() or cfg.train.batch_size % n:
+    raise ConfigError(f"the checkpoint's data iterator has {n} streams, which {jax.process_count()} processes "
+                      "cannot share; resume with a process count that divides it (or --fresh)")
+  return n
 
 
-def train(cfg, workdir: str, log=print, resume: str | int = "latest") -> dict:
+def train(cfg, workdir: str, log=print, resume: str | int = "latest", dry_run: bool = False) -> dict:
   """Runs the whole training described by `cfg`; metrics, config and checkpoints go to `workdir`.
 
   resume: "latest" (the newest readable checkpoint in workdir, if any), "fresh" (start at step 0;
   existing checkpoints are moved aside, never deleted), or a step number.
-  Returns a summary dict (final eval loss, unigram entropy, tokens, timings, samples, preempted).
+  dry_run: compile the train step, report its memory per device and stop (nothing is written).
+  Returns a summary dict (final eval loss, unigram entropy, tokens, timings, samples, preempted,
+  compute), or the compile report for a dry run.
   """
   # ---------------------------------------------------------------- setup
   t_start = time.time()
   devices = jax.devices()
   validate_config(cfg, len(devices))
-  is_main = jax.process_index() == 0
+  pid, nproc = jax.process_index(), jax.process_count()
+  is_main = pid == 0
   log = log if is_main else (lambda *a, **k: None)
   mesh = make_mesh(cfg.mesh.shape, devices)
   t = cfg.train
 
-  # ---------------------------------------------------------------- data
-  pid, nproc = jax.process_index(), jax.process_count()
-  # Process 0 builds the corpus and tokenizer; the others open them once it is done.
-  data = build_pipeline(cfg.data, log=log) if pid == 0 else None
-  if nproc > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("data prepared")
-  if data is None:
-    data = build_pipeline(cfg.data, log=log)
-  resolve_vocab(cfg, data.tokenizer)
-  train_iter = iter(data.train_dataset(t.batch_size, t.seq_len, cfg.seed, pid, nproc))
+  # ---------------------------------------------------------------- tokenizer (and data)
+  data = None
+  if not dry_run or cfg.model.vocab_size == 0:
+    data = open_data(cfg, log)
+    resolve_vocab(cfg, data.tokenizer)
 
   # ---------------------------------------------------------------- model, optimizer, shardings
   program = build_program(cfg, mesh)
-  eval_device = [program.put_batch(b) for b in data.eval_batches(t.batch_size, t.seq_len, t.eval_batches,
-                                                                  pid, nproc)]
   n_params = count_params(cfg.model)
   n_actual = sum(math.prod(x.shape) for x in jax.tree.leaves(program.abstract_params))
   assert n_params == n_actual, f"count_params={n_params} disagrees with the model's {n_actual}"
@@ -136,6 +114,23 @@ def train(cfg, workdir: str, log=print, resume: str | int = "latest") -> dict:
       f"{nproc} process(es); mesh {dict(mesh.shape)}")
   log(f"model: {cfg.model.family}, {n_params:,} parameters, {fpt / 1e6:.2f} MFLOPs/token "
       f"(training, causal attention halved); peak {peak / 1e9:.0f} GFLOP/s ({peak_source})")
+
+  # ---------------------------------------------------------------- compile (ahead of time)
+  t_compile = time.time()
+  step_fn = program.compile_train_step()
+  memory = memory_report(step_fn, program.abstract_state(), program.abstract_batch(t.batch_size, t.seq_len))
+  log(f"compiled the train step in {time.time() - t_compile:.1f}s (remat {cfg.model.remat}, "
+      f"scan_layers {cfg.model.scan_layers}, batch {t.batch_size} x {t.seq_len}, microbatches {t.microbatches})")
+  log(format_memory(memory))
+  if dry_run:
+    xla_flops = compiler_flops(step_fn)
+    report = {"dry_run": True, "memory": memory, "parameters": n_params, "flops_per_token": fpt,
+              "model_flops_per_step": fpt * t.batch_size * t.seq_len,
+              "compiler_flops_per_step_per_device": xla_flops, "devices": len(devices),
+              "mesh": dict(mesh.shape), "compile_seconds": time.time() - t_compile}
+    log(f"flops per step: model {report['model_flops_per_step']:.3e} (all devices); compiler estimate "
+        f"{xla_flops or float('nan'):.3e} per device (a loop body, e.g. the scan over layers, counted once)")
+    return report
   if is_main:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -143,36 +138,38 @@ def train(cfg, workdir: str, log=print, resume: str | int = "latest") -> dict:
 
   # ---------------------------------------------------------------- restore or initialise
   ckpt_dir = os.path.join(workdir, "checkpoints")
+  check_resume(workdir, resume)
   if is_main:
     prepare_workdir(workdir, resume, log)
   if nproc > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("checkpoint directory ready")
   checkpointer = Checkpointer(ckpt_dir, cfg.checkpoint, log=log)
-  meta = {"config": cfg.to_dict(), "mesh": dict(mesh.shape), "devices": len(devices),
-          "processes": nproc, "code_version": code_version()}
-  start = 0
+  start, data_state = 0, None
   if resume != "fresh" and checkpointer.steps():
     state, data_state, saved_meta, start = checkpointer.restore(program.abstract_state(),
                                                                 None if resume == "latest" else int(resume))
-    check_same_stream(saved_meta["config"], meta["config"])
-    try:
-      train_iter.set_state(local_state(data_state))
-    except (KeyError, TypeError, ValueError, IndexError) as e:
-      raise CheckpointError(f"the data iterator state of step {start} does not fit this pipeline ({e})") from None
+    check_same_stream(saved_meta["config"], cfg.to_dict())
     log(f"checkpoint: resumed from step {start} ({ckpt_dir})")
     if is_main:
       truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start)
   else:
-    if isinstance(resume, int):
-      raise CheckpointError(f"no checkpoint for step {resume} in {ckpt_dir}")
     state = program.init_state()
 
-  # ---------------------------------------------------------------- compile
-  t_compile = time.time()
-  step_fn = program.compile_train_step()
+  # ---------------------------------------------------------------- data
+  streams = resolve_streams(cfg, data_state)
+  train_iter = iter(data.train_dataset(t.batch_size, t.seq_len, cfg.seed, streams, pid, nproc))
+  if data_state is not None:
+    try:
+      train_iter.set_state(local_state(data_state, streams))
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+      raise CheckpointError(f"the data iterator state of step {start} does not fit this pipeline ({e})") from None
+  eval_device = [program.put_batch(b) for b in data.eval_batches(t.batch_size, t.seq_len, t.eval_batches,
+                                                                  pid, nproc)]
+  meta = {"config": cfg.to_dict(), "mesh": dict(mesh.shape), "devices": len(devices),
+          "processes": nproc, "data_streams": streams, "code_version": code_version()}
+  log(f"data: {streams} stream(s) over {nproc} process(es)")
   eval_fn = program.eval_step()
-  log(f"compiled the train step in {time.time() - t_compile:.1f}s")
 
   # ---------------------------------------------------------------- loop
   writer = MetricsWriter(workdir, enabled=is_main, tensorboard=t.tensorboard)
@@ -220,12 +217,15 @@ def train(cfg, workdir: str, log=print, resume: str | int = "latest") -> dict:
     else:
       progress.update(step, f"loss {float(m['loss']):.4f}", log_line=False)
 
+  profiler = StepProfiler(workdir, t.profile_start_step, t.profile_stop_step, log=log)
   t_loop = time.time()
   pending, preempted, final_eval, step = None, False, None, start
   try:
     with PreemptionWatcher() as watcher:
       for step in range(start, t.num_steps):
+        profiler.before_step(step + 1)
         state, metrics = step_fn(state, program.put_batch(next(train_iter)))
+        profiler.after_step(step + 1, metrics)
         if pending is not None:
           finish_step(*pending)
         pending = (step + 1, metrics)
@@ -255,13 +255,19 @@ def train(cfg, workdir: str, log=print, resume: str | int = "latest") -> dict:
           checkpointer.maybe_save(t.num_steps, state, lambda: gather_states(train_iter.get_state()), meta,
                                   force=True, metrics={"eval_loss": final_eval})
   finally:
+    profiler.close()
     progress.close()
     writer.close()
     checkpointer.close()  # waits until every save is durable
     if hasattr(train_iter, "close"):
       train_iter.close()  # stops data-loader worker processes
+  steps_run = (step + 1 if preempted else t.num_steps) - start
+  compute = mfu_lib.compute_summary(fpt, steps_run * tokens_per_step, len(devices), time.time() - t_start,
+                                    t.cost_per_device_hour)
+  log(mfu_lib.format_compute_summary(compute) + (f" (this invocation: steps {start + 1}-{start + steps_run})"
+                                                 if start else ""))
   if preempted:
-    return {"preempted": True, "step": step + 1, "train_seconds": train_seconds}
+    return {"preempted": True, "step": step + 1, "train_seconds": train_seconds, "compute": compute}
 
   # ---------------------------------------------------------------- wrap up
   entropy = data.unigram_entropy()
@@ -272,7 +278,8 @@ def train(cfg, workdir: str, log=print, resume: str | int = "latest") -> dict:
   summary = {"preempted": False, "final_eval_loss": final_eval, "unigram_entropy": entropy, "steps": t.num_steps,
              "tokens_seen": t.num_steps * tokens_per_step, "train_seconds": train_seconds,
              "total_seconds": time.time() - t_start, "skipped_steps": int(jax.device_get(state.skipped_steps)),
-             "parameters": n_params, "flops_per_token": fpt, "samples": samples}
+             "parameters": n_params, "flops_per_token": fpt, "compute": compute, "data_streams": streams,
+             "memory_per_device": memory, "samples": samples}
   log(f"final eval loss {final_eval:.4f} nats/token vs unigram entropy {entropy:.4f} of the training "
       f"tokens ({t.num_steps} steps, {summary['tokens_seen']:,} tokens, {train_seconds:.0f}s training)")
   for i, text in enumerate(samples):
