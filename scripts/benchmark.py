@@ -3,6 +3,9 @@
   python scripts/benchmark.py --mode=train --config=experiments/<name>.py [--steps=N] [--config.<key>=...]
       N train steps on synthetic tokens after a warm-up: tokens_per_sec, step_time_ms (median) and its
       spread, mfu, peak_flops, flops_per_token, memory_bytes_per_device.
+      --compare_pytorch: also time Hugging Face GPT-2 + torch.optim.AdamW of the same shapes and
+      optimizer on the same machine, one after the other (GPT-2-style configs; torch is test-only:
+      pip install -r requirements-test.txt), and report pytorch_tokens_per_sec and the ratio.
   python scripts/benchmark.py --mode=data --config=experiments/<name>.py [--steps=N]
       the data pipeline alone (read, tokenize, pack/chunk, batch): tokens_per_sec, and the ratio to
       what the train step consumes when --compare_train is set.
@@ -23,6 +26,10 @@ flags.DEFINE_enum("mode", "train", ["train", "data"], "What to measure.")
 flags.DEFINE_integer("steps", 20, "Measured steps (train) or batches (data).")
 flags.DEFINE_integer("warmup", 3, "Steps or batches before measuring.")
 flags.DEFINE_bool("compare_train", False, "data mode: also measure the train step and report the ratio.")
+flags.DEFINE_bool("compare_pytorch", False, "train mode: also time a PyTorch (HF GPT-2 + AdamW) step of the "
+                  "same model and optimizer on this machine.")
+flags.DEFINE_bool("pytorch_compile", False, "with --compare_pytorch: torch.compile the PyTorch model.")
+flags.DEFINE_bool("pytorch_bf16", False, "with --compare_pytorch: run PyTorch under bf16 autocast.")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 parse_flags, _OVERRIDES = absl_flags_parser(FLAGS)
@@ -34,6 +41,14 @@ def main(_):
   cfg = load_config(FLAGS.config, _OVERRIDES)
   if FLAGS.mode == "train":
     result = benchmark_train(cfg, FLAGS.steps, FLAGS.warmup)
+    if FLAGS.compare_pytorch:
+      from research.perf.pytorch_peer import benchmark_pytorch_gpt2
+      t = cfg.train
+      peer = benchmark_pytorch_gpt2(cfg.model, t.batch_size, t.seq_len, cfg.optimizer, FLAGS.steps, FLAGS.warmup,
+                                    compile=FLAGS.pytorch_compile, bf16_autocast=FLAGS.pytorch_bf16)
+      result["pytorch"] = peer
+      result["pytorch_tokens_per_sec"] = peer["tokens_per_sec"]
+      result["ratio_to_pytorch"] = result["tokens_per_sec"] / peer["tokens_per_sec"]
   else:
     result = benchmark_data(cfg, FLAGS.steps, FLAGS.warmup)
     if FLAGS.compare_train:

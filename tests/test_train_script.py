@@ -71,3 +71,38 @@ def test_nonfinite_skip_counts(tiny_cfg, tmp_path):
   summary = train(cfg, str(tmp_path), log=lambda *a: None)
   assert summary["skipped_steps"] >= 1
   assert _records(tmp_path)[-2]["skipped_steps"] == summary["skipped_steps"]
+
+
+def test_dry_run_prints_memory_and_exits_zero(corpus_dir, tmp_path):
+  exp = tmp_path / "tiny.py"
+  exp.write_text("from tests.helpers import tiny_config\n"
+                 f"def get_config():\n  return tiny_config({corpus_dir!r}, {str(tmp_path / 'cache')!r})\n")
+  env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  proc = subprocess.run(
+      [sys.executable, "scripts/train.py", f"--config={exp}", "--dry_run", "--config.mesh.shape=(2,4,1)",
+       "--config.model.scan_layers=true", "--config.model.remat=full"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout
+  for expected in ("memory per device: parameters", "optimizer state", "batch", "temporaries", "total",
+                   "remat full, scan_layers True", "compiler estimate"):
+    assert expected in out, expected
+  assert "step 1:" not in out and not os.path.exists(tmp_path / "run")
+
+
+def test_profile_trace_and_compute_summary(tiny_cfg, tmp_path):
+  tiny_cfg.train.num_steps = 6
+  tiny_cfg.train.profile_start_step = 2
+  tiny_cfg.train.profile_stop_step = 4
+  tiny_cfg.train.cost_per_device_hour = 2.0
+  lines = []
+  summary = train(tiny_cfg, str(tmp_path / "run"), log=lines.append)
+  traces = [os.path.join(d, f) for d, _, files in os.walk(tmp_path / "run" / "profile") for f in files]
+  assert any(t.endswith(".xplane.pb") for t in traces), traces
+  assert any(t.endswith("perfetto_trace.json.gz") for t in traces), traces
+  c = summary["compute"]
+  assert c["tokens_seen"] == 6 * tiny_cfg.train.batch_size * tiny_cfg.train.seq_len
+  assert c["total_flops"] == pytest.approx(c["tokens_seen"] * summary["flops_per_token"])
+  assert c["estimated_cost"] == pytest.approx(2.0 * c["device_hours"]) and c["device_hours"] > 0
+  assert any(line.startswith("compute: ") and "estimated cost $" in line for line in lines)
+  assert summary["memory_per_device"]["total"] > summary["memory_per_device"]["params"] > 0
