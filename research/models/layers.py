@@ -35,42 +35,41 @@ def matmul(equation: str, x: jax.Array, w: jax.Array, dtype: jnp.dtype) -> jax.A
   """The one place every weight matmul goes through: inputs in `dtype`, f32 accumulation.
 
   `equation` is 'x...,w->y' with x's leading axes kept ('...abc' style, as Dense builds) or the tied
-  head's 'bld,vd->blv'. Low-precision compute goes through `_lowp_matmul`, whose backward pass is
-  written out (see there). The output is named 'matmul' for the remat policies.
+  head's 'bld,vd->blv'. Every dtype goes through `_matmul_2d`, whose backward pass is written out
+  (see there). The output is named 'matmul' for the remat policies.
   """
   return checkpoint_name(_matmul(equation, x, w, dtype), "matmul")
 
 
 def _matmul(equation: str, x: jax.Array, w: jax.Array, dtype: jnp.dtype) -> jax.Array:
-  if jnp.dtype(dtype) == jnp.float32:
-    return jnp.einsum(equation, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
   if equation == "bld,vd->blv":
     lead, k = x.shape[:-1], x.shape[-1]
-    out = _lowp_matmul(x.reshape(-1, k), w, True, jnp.dtype(dtype))
-  else:
-    n_in = len(equation.split(",")[0]) - 3       # x's contracted letters, after '...'
-    lead, k = x.shape[:x.ndim - n_in], int(np.prod(x.shape[x.ndim - n_in:]))
-    out_shape = w.shape[n_in:]
-    out = _lowp_matmul(x.reshape(-1, k), w.reshape(k, -1), False, jnp.dtype(dtype))
-    return out.reshape(lead + out_shape).astype(dtype)
-  return out.reshape(lead + (w.shape[0],)).astype(dtype)
+    out = _matmul_2d(x.reshape(-1, k), w, True, jnp.dtype(dtype))
+    return out.reshape(lead + (w.shape[0],)).astype(dtype)
+  n_in = len(equation.split(",")[0]) - 3       # x's contracted letters, after '...'
+  lead, k = x.shape[:x.ndim - n_in], int(np.prod(x.shape[x.ndim - n_in:]))
+  out_shape = w.shape[n_in:]
+  out = _matmul_2d(x.reshape(-1, k), w.reshape(k, -1), False, jnp.dtype(dtype))
+  return out.reshape(lead + out_shape).astype(dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _lowp_matmul(x_NxK, w, transposed: bool, dtype) -> jax.Array:
+def _matmul_2d(x_NxK, w, transposed: bool, dtype) -> jax.Array:
   """[N, K] @ w ([K, M], or [M, K] when `transposed`) -> [N, M] float32, inputs cast to `dtype`."""
   dims = (((1,), (1,)), ((), ())) if transposed else (((1,), (0,)), ((), ()))
   return jax.lax.dot_general(x_NxK.astype(dtype), w.astype(dtype), dims, preferred_element_type=jnp.float32)
 
 
-def _lowp_matmul_fwd(x_NxK, w, transposed, dtype):
-  return _lowp_matmul(x_NxK, w, transposed, dtype), (x_NxK, w)
+def _matmul_2d_fwd(x_NxK, w, transposed, dtype):
+  return _matmul_2d(x_NxK, w, transposed, dtype), (x_NxK, w)
 
 
-def _lowp_matmul_bwd(transposed, dtype, residuals, dy_NxM):
+def _matmul_2d_bwd(transposed, dtype, residuals, dy_NxM):
   # The input gradient runs in `dtype` like the forward pass. The weight gradient contracts over the
   # N (token) axis, which XLA CPU runs ~4x slower in bf16 than in f32 (PERFORMANCE.md), so it is f32;
-  # on GPU/TPU both are fast and f32 costs little for these small [K, M] outputs.
+  # on GPU/TPU both are fast and f32 costs little for these small [K, M] outputs. Written as these
+  # einsums, XLA CPU also picks fast layouts: autodiff's own transposes of an f32 einsum made it
+  # copy dy transposed and run the weight gradient 2.5x slower (PERFORMANCE.md).
   x_NxK, w = residuals
   w_lp, dy_lp = w.astype(dtype), dy_NxM.astype(dtype)
   if transposed:   # w is [M, K]
@@ -82,7 +81,27 @@ def _lowp_matmul_bwd(transposed, dtype, residuals, dy_NxM):
   return dx.astype(x_NxK.dtype), dw.astype(w.dtype)
 
 
-_lowp_matmul.defvjp(_lowp_matmul_fwd, _lowp_matmul_bwd)
+_matmul_2d.defvjp(_matmul_2d_fwd, _matmul_2d_bwd)
+
+
+@jax.custom_vjp
+def add_bias(y: jax.Array, b: jax.Array) -> jax.Array:
+  """y + b (b broadcast over y's leading axes, cast to y's dtype)."""
+  return y + b.astype(y.dtype)
+
+
+def _add_bias_fwd(y, b):
+  return add_bias(y, b), b
+
+
+def _add_bias_bwd(b, dy):
+  # Sum the bias gradient in f32: autodiff sums dy in its own dtype, and XLA CPU turns a long bf16
+  # reduction into reduce-windows that took ~25 ms each in the default step (1 ms this way).
+  db = dy.reshape(-1, b.size).astype(jnp.float32).sum(0)
+  return dy, db.reshape(b.shape).astype(b.dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
@@ -136,5 +155,5 @@ class Dense(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     y = matmul(self.equation, x, self.kernel[...], self.dtype)
     if self.bias is not None:
-      y = y + self.bias[...].astype(self.dtype)
+      y = add_bias(y, self.bias[...])
     return y
