@@ -27,6 +27,12 @@ flags.DEFINE_bool("fresh", False, "Start at step 0 even if the workdir holds che
 flags.DEFINE_integer("restore_step", None, "Resume from this checkpoint step instead of the newest.")
 flags.DEFINE_bool("dry_run", False, "Only compile the train step ahead of time, print its memory per device "
                   "(parameters, optimizer state, batch, temporaries) and FLOPs, and exit 0. Writes nothing.")
+flags.DEFINE_string("target", None, "With --dry_run: compile for this TPU topology instead of the local devices "
+                    "(v4:2x2x2, v5e:4x4, v5p:4x4x4, v6e:16x16, ...; needs libtpu: requirements-tpu.txt) and "
+                    "report memory per chip against HBM, FLOPs, an estimated step time and the collectives. "
+                    "Exit 0 fits, 3 does not fit, 4 the mesh does not divide the chips, 5 no libtpu, 6 bad name.")
+flags.DEFINE_integer("target_slices", 1, "With --target: this many slices joined by the data-centre network "
+                     "(data parallel across slices, mesh.shape inside each).")
 flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0's coordinator.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes take part.")
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's index in [0, num_processes).")
@@ -37,6 +43,8 @@ parse_flags, _OVERRIDES = absl_flags_parser(FLAGS)
 
 def main(_):
   logging.set_verbosity(logging.ERROR)  # keep JAX backend probing and TFDS chatter off the console
+  if FLAGS.target:
+    sys.exit(plan(FLAGS.target, FLAGS.target_slices))
   from research import distributed
   try:  # before anything starts a JAX backend
     joined = distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -61,6 +69,36 @@ def main(_):
   except (ConfigError, DataError, NonFiniteError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+
+
+def plan(target: str, slices: int) -> int:
+  """--dry_run --target: the report for a TPU topology; returns the exit code."""
+  from research.plan import PlanError
+  from research.plan.targets import quiet_libtpu
+  if not FLAGS.dry_run:
+    print("error: --target plans a run; give --dry_run with it", file=sys.stderr)
+    return 1
+  quiet_libtpu()  # before the first backend start
+  from research.plan.dry_run import exit_code, format_report, plan_for_target
+  try:
+    cfg = load_config(FLAGS.config, _OVERRIDES)
+    if cfg.model.vocab_size == 0:  # the tokenizer decides it: build (or open) the data once, on CPU
+      from research.data import build_pipeline
+      from research.train.trainer import resolve_vocab
+      resolve_vocab(cfg, build_pipeline(cfg.data, log=lambda *a: None).tokenizer)
+    report = plan_for_target(cfg, target, slices)
+  except (ConfigError, DataError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  except PlanError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return e.code
+  print(format_report(report), flush=True)
+  code = exit_code(report)
+  if code:
+    print("error: does not fit on the target; try --config.model.remat=full --config.model.scan_layers=true, "
+          "a larger fsdp axis, a smaller batch, or more chips", file=sys.stderr)
+  return code
 
 
 if __name__ == "__main__":

@@ -80,8 +80,11 @@ def _type_name(default: Any) -> str:
           tuple: "a tuple", list: "a list"}.get(type(default), type(default).__name__)
 
 
-def validate_config(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Raises ConfigError on the first problem found; returns None when the config is usable."""
+def validate_config(cfg: ml_collections.ConfigDict, num_devices: int, need_data: bool = True,
+                    processes: int | None = None) -> None:
+  """Raises ConfigError on the first problem found; returns None when the config is usable.
+  need_data=False (planning with an explicit vocabulary) accepts a config without a data source;
+  processes defaults to jax.process_count()."""
   schema = _flatten(base_config())
   values = _flatten(cfg)
   for key in values:
@@ -139,8 +142,9 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
         f"train.batch_size={t.batch_size} / train.microbatches={t.microbatches} = {micro} sequences "
         f"per microbatch is not divisible by the data x fsdp mesh axes ({batch_shards}); "
         f"choose a multiple of {batch_shards} or another mesh.shape")
-  import jax
-  processes = jax.process_count()
+  if processes is None:
+    import jax
+    processes = jax.process_count()
   if micro % processes or batch_shards % processes and processes % batch_shards:
     raise ConfigError(f"train.batch_size={t.batch_size} / train.microbatches={t.microbatches} = {micro} sequences "
                       f"cannot be split evenly over {processes} processes with data x fsdp = {batch_shards}")
@@ -172,7 +176,7 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError(f"optimizer.b1={o.b1}, optimizer.b2={o.b2} must be in [0, 1)")
   if not 0.0 < cfg.data.val_fraction < 1.0:
     raise ConfigError(f"data.val_fraction={cfg.data.val_fraction} must be in (0, 1)")
-  if not (cfg.data.path or cfg.data.tfds_name or cfg.data.mixture):
+  if need_data and not (cfg.data.path or cfg.data.tfds_name or cfg.data.mixture):
     raise ConfigError("data.path is empty (and no data.tfds_name or data.mixture); give a text file, "
                       "a directory or a glob")
   if t.profile_stop_step and not 1 <= t.profile_start_step < t.profile_stop_step:

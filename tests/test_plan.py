@@ -1,0 +1,83 @@
+"""Planning for TPU topologies on this CPU machine (libtpu compiles for chips we do not have)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("libtpu", reason="the planner needs libtpu: pip install -r requirements-tpu.txt")
+
+from research.config import base_config  # noqa: E402
+from research.models import apply_preset  # noqa: E402
+from research.plan import PlanError  # noqa: E402
+from research.plan.dry_run import format_report, plan_for_target  # noqa: E402
+from tests.helpers import ROOT  # noqa: E402
+
+
+def _cfg(preset="llama-tiny", mesh=(-1, 1, 1), batch=8, seq=32, **model):
+  c = base_config()
+  apply_preset(c.model, preset)
+  c.model.vocab_size = c.model.vocab_size or 256
+  c.model.update(model)
+  c.train.batch_size, c.train.seq_len = batch, seq
+  c.mesh.shape = mesh
+  return c
+
+
+@pytest.mark.parametrize("target,devices", [("v5e:2x2", 4), ("v5p:2x2x2", 8)])
+def test_tiny_model_compiles_for_tpu_targets(target, devices):
+  r = plan_for_target(_cfg(), target)
+  assert r["devices"] == devices and r["fits"]
+  m = r["memory"]
+  assert 0 < m["params"] < m["total"] < r["usable_hbm_bytes_per_device"]
+  assert r["model_flops_per_step"] > 0 and r["estimated_step_seconds"] > 0
+  assert "all-reduce" in r["collectives"]  # the data-parallel gradient reduction
+  text = format_report(r)
+  assert "FITS" in text and "per device: parameters" in text
+
+
+def test_doubling_fsdp_halves_parameter_and_optimizer_bytes():
+  kw = dict(preset="llama-tiny", embed_dim=128, mlp_dim=256, num_heads=4, num_kv_heads=2, vocab_size=512)
+  two = plan_for_target(_cfg(mesh=(4, 2, 1), **kw), "v5p:2x2x2")["memory"]
+  four = plan_for_target(_cfg(mesh=(2, 4, 1), **kw), "v5p:2x2x2")["memory"]
+  ratio = (four["params"] + four["optimizer_state"]) / (two["params"] + two["optimizer_state"])
+  assert 0.45 < ratio < 0.6, ratio
+
+
+def test_two_slices_build_a_hybrid_mesh():
+  cfg = _cfg(mesh=(2, 2, 1))
+  r = plan_for_target(cfg, "v5e:2x2", slices=2)
+  assert r["devices"] == 8 and r["mesh"] == {"data": 4, "fsdp": 2, "tensor": 1} and r["fits"]
+  from research.plan.dry_run import target_mesh
+  from research.plan.targets import tpu_devices
+  mesh = target_mesh(_cfg(mesh=(2, 2, 1)), tpu_devices("v5e:2x2", 2), 2)
+  slices = [[d.slice_index for d in row.flat] for row in mesh.devices]
+  assert slices == [[0] * 2, [0] * 2, [1] * 2, [1] * 2]  # data parallel across slices, fsdp inside
+
+
+def test_errors_have_distinct_codes(monkeypatch):
+  with pytest.raises(PlanError) as e:
+    plan_for_target(_cfg(), "v7x:2x2")
+  assert e.value.code == 6
+  with pytest.raises(PlanError) as e:
+    plan_for_target(_cfg(mesh=(3, 1, 1)), "v5e:2x2")
+  assert e.value.code == 4 and "mesh.shape" in str(e.value)
+  import research.plan.targets as targets
+  monkeypatch.setattr(targets.importlib.util, "find_spec", lambda name: None)
+  with pytest.raises(PlanError) as e:
+    plan_for_target(_cfg(), "v5e:2x2")
+  assert e.value.code == 5 and "requirements-tpu.txt" in str(e.value)
+
+
+def test_oversized_config_does_not_fit_with_exit_code_3(tmp_path):
+  exp = tmp_path / "big.py"
+  exp.write_text("from research.config import base_config\nfrom research.models import apply_preset\n"
+                 "def get_config():\n  c = base_config()\n  apply_preset(c.model, 'llama3-8b')\n"
+                 "  c.model.scan_layers = True\n  c.train.batch_size, c.train.seq_len = 4, 512\n"
+                 "  c.mesh.shape = (1, -1, 1)\n  return c\n")
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  proc = subprocess.run([sys.executable, "scripts/train.py", f"--config={exp}", "--dry_run", "--target=v5e:2x2"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+  assert "DOES NOT FIT" in proc.stdout
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: does not fit")
