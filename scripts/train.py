@@ -33,6 +33,16 @@ flags.DEFINE_string("target", None, "With --dry_run: compile for this TPU topolo
                     "Exit 0 fits, 3 does not fit, 4 the mesh does not divide the chips, 5 no libtpu, 6 bad name.")
 flags.DEFINE_integer("target_slices", 1, "With --target: this many slices joined by the data-centre network "
                      "(data parallel across slices, mesh.shape inside each).")
+flags.DEFINE_bool("autofit", False, "With --target: compile candidate layouts (mesh factorisations x remat "
+                  "policies x batch) and print them ranked by estimated tokens/s; only compiled layouts that fit "
+                  "are proposed.")
+flags.DEFINE_string("autofit_out", None, "With --autofit: write the best layout as flags to this file "
+                    "(use it as scripts/train.py ... --flagfile=FILE).")
+flags.DEFINE_enum("autofit_batch", "fixed", ["fixed", "max"], "With --autofit: keep train.batch_size, or grow it "
+                  "by doubling while it fits.")
+flags.DEFINE_list("autofit_remat", ["none", "dots_saveable", "full"], "With --autofit: remat policies to try.")
+flags.DEFINE_float("autofit_budget_s", 600, "With --autofit: stop compiling new candidates after this long.")
+flags.DEFINE_integer("autofit_workers", 1, "With --autofit: candidates compiled in parallel processes.")
 flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0's coordinator.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes take part.")
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's index in [0, num_processes).")
@@ -71,12 +81,30 @@ def main(_):
     sys.exit(1)
 
 
+def autofit(cfg, target: str, slices: int) -> int:
+  from research.plan import autofit as search
+  rows = search.autofit(cfg, target, slices, FLAGS.autofit_batch, tuple(FLAGS.autofit_remat),
+                        FLAGS.autofit_budget_s, FLAGS.autofit_workers)
+  print(search.format_table(rows), flush=True)
+  if not rows or not rows[0]["fits"]:
+    print("error: no candidate layout fits on the target", file=sys.stderr)
+    return 3
+  flags_text = search.overrides_for(rows[0], slices)
+  print("best: " + " ".join(flags_text))
+  if FLAGS.autofit_out:
+    with open(FLAGS.autofit_out, "w") as f:
+      f.write(f"# scripts/train.py --autofit --target={target}: best of {len(rows)} candidates\n")
+      f.write("\n".join(flags_text) + "\n")
+    print(f"wrote {FLAGS.autofit_out}: scripts/train.py --config={FLAGS.config} --flagfile={FLAGS.autofit_out} ...")
+  return 0
+
+
 def plan(target: str, slices: int) -> int:
   """--dry_run --target: the report for a TPU topology; returns the exit code."""
   from research.plan import PlanError
   from research.plan.targets import quiet_libtpu
-  if not FLAGS.dry_run:
-    print("error: --target plans a run; give --dry_run with it", file=sys.stderr)
+  if not FLAGS.dry_run and not FLAGS.autofit:
+    print("error: --target plans a run; give --dry_run (or --autofit) with it", file=sys.stderr)
     return 1
   quiet_libtpu()  # before the first backend start
   from research.plan.dry_run import exit_code, format_report, plan_for_target
@@ -86,6 +114,8 @@ def plan(target: str, slices: int) -> int:
       from research.data import build_pipeline
       from research.train.trainer import resolve_vocab
       resolve_vocab(cfg, build_pipeline(cfg.data, log=lambda *a: None).tokenizer)
+    if FLAGS.autofit:
+      return autofit(cfg, target, slices)
     report = plan_for_target(cfg, target, slices)
   except (ConfigError, DataError) as e:
     print(f"error: {e}", file=sys.stderr)

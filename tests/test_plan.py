@@ -81,3 +81,23 @@ def test_oversized_config_does_not_fit_with_exit_code_3(tmp_path):
   assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
   assert "DOES NOT FIT" in proc.stdout
   assert proc.stderr.strip().splitlines()[-1].startswith("error: does not fit")
+
+
+def test_autofit_layout_trains_on_8_cpu_devices_like_the_default(tiny_cfg, tmp_path):
+  from research.config.cli import apply_overrides, split_argv
+  from research.plan.autofit import autofit, overrides_for
+  from research.train.trainer import train
+  tiny_cfg.model.vocab_size = 320  # explicit (planning needs no tokenizer); the byte tokenizer has 259 ids
+  tiny_cfg.train.num_steps, tiny_cfg.train.eval_every, tiny_cfg.train.sample_at_end = 6, 0, 0
+  rows = autofit(tiny_cfg, "v5p:2x2x2", policies=("full",), log=lambda *a: None)
+  assert rows[0]["fits"] and all(r["compiled"] for r in rows if r["fits"])
+  assert [r["estimated_tokens_per_sec"] for r in rows if r["fits"]] == sorted(
+      (r["estimated_tokens_per_sec"] for r in rows if r["fits"]), reverse=True)
+  flagfile = tmp_path / "best.flags"
+  flagfile.write_text("\n".join(overrides_for(rows[0], 1)) + "\n")
+  _, overrides = split_argv(["train.py", f"--flagfile={flagfile}"])
+  best_cfg = apply_overrides(tiny_cfg.copy_and_resolve_references(), overrides)
+  assert tuple(best_cfg.mesh.shape) == rows[0]["layout"]
+  base = train(tiny_cfg, str(tmp_path / "base"), log=lambda *a: None)
+  fitted = train(best_cfg, str(tmp_path / "best"), log=lambda *a: None)
+  assert fitted["final_eval_loss"] == pytest.approx(base["final_eval_loss"], rel=1e-4)

@@ -96,10 +96,29 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
   return cfg
 
 
+def expand_flagfiles(args: Sequence[str]) -> list[str]:
+  """Replaces each '--flagfile=FILE' by the flags in FILE (one per line; '#' comments), as absl
+  would, so that files of '--config.<key>=<value>' lines (e.g. from --autofit_out) work too."""
+  out: list[str] = []
+  for a in args:
+    if not a.startswith("--flagfile="):
+      out.append(a)
+      continue
+    path = a.split("=", 1)[1]
+    try:
+      with open(path) as f:
+        lines = [line.strip() for line in f]
+    except OSError as e:
+      raise ConfigError(f"--flagfile={path}: {e.strerror}") from None
+    out.extend(expand_flagfiles([line for line in lines if line and not line.startswith("#")]))
+  return out
+
+
 def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-  """Separates '--config.<key>=<value>' items from the flags absl parses."""
-  overrides = [a for a in argv[1:] if a.startswith(PREFIX)]
-  rest = [argv[0]] + [a for a in argv[1:] if not a.startswith(PREFIX)]
+  """Separates '--config.<key>=<value>' items (also those in --flagfile files) from the flags absl parses."""
+  args = expand_flagfiles(argv[1:])
+  overrides = [a for a in args if a.startswith(PREFIX)]
+  rest = [argv[0]] + [a for a in args if not a.startswith(PREFIX)]
   return rest, overrides
 
 
@@ -111,7 +130,10 @@ def absl_flags_parser(flag_values):
   overrides: list[str] = []
 
   def parse(argv):
-    rest, found = split_argv(argv)
+    try:
+      rest, found = split_argv(argv)
+    except ConfigError as e:
+      raise SystemExit(f"error: {e}") from None
     overrides.extend(found)
     return flag_values(rest)
 
