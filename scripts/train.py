@@ -33,6 +33,8 @@ flags.DEFINE_string("target", None, "With --dry_run: compile for this TPU topolo
                     "Exit 0 fits, 3 does not fit, 4 the mesh does not divide the chips, 5 no libtpu, 6 bad name.")
 flags.DEFINE_integer("target_slices", 1, "With --target: this many slices joined by the data-centre network "
                      "(data parallel across slices, mesh.shape inside each).")
+flags.DEFINE_integer("target_devices", 8, "With a GPU --target (a100-40, a100-80, h100, h200, b200): how many GPUs; "
+                     "the report is an analytic estimate (no ahead-of-time compile without the device).")
 flags.DEFINE_bool("autofit", False, "With --target: compile candidate layouts (mesh factorisations x remat "
                   "policies x batch) and print them ranked by estimated tokens/s; only compiled layouts that fit "
                   "are proposed.")
@@ -116,7 +118,7 @@ def plan(target: str, slices: int) -> int:
       resolve_vocab(cfg, build_pipeline(cfg.data, log=lambda *a: None).tokenizer)
     if FLAGS.autofit:
       return autofit(cfg, target, slices)
-    report = plan_for_target(cfg, target, slices)
+    report = plan_for_target(cfg, target, slices, gpus=FLAGS.target_devices)
   except (ConfigError, DataError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -101,3 +101,47 @@ def test_autofit_layout_trains_on_8_cpu_devices_like_the_default(tiny_cfg, tmp_p
   base = train(tiny_cfg, str(tmp_path / "base"), log=lambda *a: None)
   fitted = train(best_cfg, str(tmp_path / "best"), log=lambda *a: None)
   assert fitted["final_eval_loss"] == pytest.approx(base["final_eval_loss"], rel=1e-4)
+
+
+def _mid_llama(mesh, remat):
+  c = _cfg(mesh=mesh, batch=16, seq=512, num_layers=4, embed_dim=256, mlp_dim=768, num_heads=8, num_kv_heads=4,
+           vocab_size=4096, max_seq_len=512, dtype="bfloat16", scan_layers=True, remat=remat)
+  return c
+
+
+@pytest.mark.parametrize("mesh,remat", [((1, 8, 1), "full"), ((2, 2, 2), "full"), ((8, 1, 1), "dots_saveable")])
+def test_analytic_estimate_matches_compiled_cpu_memory(mesh, remat):
+  import jax
+  from research.perf.compiled import memory_report
+  from research.plan.gpu_estimate import estimate_memory
+  from research.sharding import make_mesh
+  from research.train.program import build_program
+  cfg = _mid_llama(mesh, remat)
+  program = build_program(cfg, make_mesh(mesh, jax.devices()))
+  compiled = memory_report(program.compile_train_step(), program.abstract_state(), program.abstract_batch(16, 512))
+  estimate = estimate_memory(cfg, mesh, 8)
+  assert 0.8 < estimate["total"] / compiled["total"] < 1.2, (estimate["total"], compiled["total"])
+
+
+def test_analytic_estimate_matches_compiled_tpu_memory():
+  from research.plan.gpu_estimate import estimate_memory
+  cfg = _mid_llama((1, 8, 1), "full")
+  cfg.train.batch_size, cfg.train.seq_len, cfg.model.max_seq_len = 8, 2048, 2048
+  estimate = estimate_memory(cfg, (1, 8, 1), 8)
+  compiled = plan_for_target(cfg, "v5p:2x2x2")["memory"]
+  assert 0.8 < estimate["total"] / compiled["total"] < 1.2, (estimate["total"], compiled["total"])
+
+
+def test_gpu_target_reports_an_analytic_estimate(tmp_path):
+  exp = tmp_path / "gpu.py"
+  exp.write_text("from research.config import base_config\nfrom research.models import apply_preset\n"
+                 "def get_config():\n  c = base_config()\n  apply_preset(c.model, 'llama3-8b')\n"
+                 "  c.model.scan_layers, c.model.remat, c.model.dtype = True, 'full', 'bfloat16'\n"
+                 "  c.train.batch_size, c.train.seq_len = 8, 4096\n  c.mesh.shape = (1, -1, 1)\n  return c\n")
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  run = lambda *a: subprocess.run([sys.executable, "scripts/train.py", f"--config={exp}", "--dry_run", *a],
+                                  cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  ok = run("--target=h100", "--target_devices=8")
+  assert ok.returncode == 0 and "analytic estimate" in ok.stdout and "FITS" in ok.stdout, ok.stdout + ok.stderr
+  small = run("--target=a100-40", "--target_devices=1", "--config.mesh.shape=(1,1,1)")
+  assert small.returncode == 3 and "DOES NOT FIT" in small.stdout, small.stdout + small.stderr

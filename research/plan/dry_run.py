@@ -51,13 +51,13 @@ def target_mesh(cfg, devices: list, slices: int) -> jax.sharding.Mesh:
   return jax.sharding.Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
-def plan_for_target(cfg, target: str, slices: int = 1) -> dict:
+def plan_for_target(cfg, target: str, slices: int = 1, gpus: int = 8) -> dict:
   """The report for one config on one target (see the module docstring). Raises PlanError for a
   target or mesh that cannot be used; a config that does not fit returns fits=False."""
   family, chip = parse_target(target)
   if family not in ICI_BYTES_PER_S:
-    raise PlanError(f"--target={target} is a GPU: there is no ahead-of-time compile without the device; "
-                    "use --dry_run --target with a TPU topology, or research.plan.gpu_estimate", 6)
+    from research.plan.gpu_estimate import plan_for_gpu
+    return plan_for_gpu(cfg, family, gpus)
   quiet_libtpu()
   devices = tpu_devices(target, slices)
   mesh = target_mesh(cfg, devices, slices)
@@ -111,6 +111,9 @@ def _sec(s: float) -> str:
 
 
 def format_report(r: dict) -> str:
+  if r.get("analytic"):
+    from research.plan.gpu_estimate import format_gpu_report
+    return format_gpu_report(r)
   f = format_bytes
   lines = [f"target {r['target']}" + (f" x {r['slices']} slices" if r["slices"] > 1 else "")
            + f": {r['devices']} x {r['chip']} device(s)" + (" (one per TensorCore)" if r["devices_per_chip"] > 1 else "")
@@ -131,7 +134,7 @@ def format_report(r: dict) -> str:
   optimal = r["compiler_optimal_seconds"]
   lines.append(f"FLOPs per step: model {r['model_flops_per_step']:.3e}; compiler {r['compiler_flops_per_device'] or 0:.3e} "
                f"per device" + (" (the scan body counted once)" if r["scan_layers"] else "")
-               + (f", compiler optimal_seconds {_sec(optimal)}" if optimal else ""))
+               + (f", compiler optimal_seconds {_sec(optimal)}" if optimal and optimal > 0 else ""))
   lines.append(f"estimated step {_sec(r['estimated_step_seconds'])} = compute {_sec(r['estimated_compute_seconds'])} "
                f"+ communication {_sec(r['estimated_communication_seconds'])} (no overlap assumed) -> MFU "
                f"{100 * r['estimated_mfu']:.0f}% at the chip's peak (an estimate, not a measurement)")

@@ -39,9 +39,9 @@ class Chip:
 
 TPU_CHIPS = {
     "v4": Chip("TPU v4", 16 * GIB, 15.25 * GIB, 275e12 / 2, devices_per_chip=2),
-    "v5e": Chip("TPU v5e", 16e9, 15.75 * GIB, 197e12),
-    "v5p": Chip("TPU v5p", 95e9, 95.74 * GIB, 459e12),
-    "v6e": Chip("TPU v6e", 32e9, 31.25 * GIB, 918e12),
+    "v5e": Chip("TPU v5e", 16 * GIB, 15.75 * GIB, 197e12),
+    "v5p": Chip("TPU v5p", 95 * GIB, 95.74 * GIB, 459e12),
+    "v6e": Chip("TPU v6e", 32 * GIB, 31.25 * GIB, 918e12),
 }
 GPU_CHIPS = {
     "a100-40": Chip("A100 40GB", 40e9, 40e9, 312e12),
