@@ -37,6 +37,8 @@ parse_flags, _OVERRIDES = absl_flags_parser(FLAGS)
 
 def main(_):
   logging.set_verbosity(logging.ERROR)
+  from research.plan.targets import quiet_libtpu_without_tpu
+  quiet_libtpu_without_tpu()  # libtpu installed for planning, no TPU here: no start-up noise
   from research.perf.benchmark import benchmark_data, benchmark_train
   cfg = load_config(FLAGS.config, _OVERRIDES)
   if FLAGS.mode == "train":

@@ -55,6 +55,8 @@ parse_flags, _OVERRIDES = absl_flags_parser(FLAGS)
 
 def main(_):
   logging.set_verbosity(logging.ERROR)  # keep JAX backend probing and TFDS chatter off the console
+  from research.plan.targets import quiet_libtpu_without_tpu
+  quiet_libtpu_without_tpu()  # libtpu installed for planning, no TPU here: no start-up noise
   if FLAGS.target:
     sys.exit(plan(FLAGS.target, FLAGS.target_slices))
   from research import distributed

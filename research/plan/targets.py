@@ -74,6 +74,18 @@ def quiet_libtpu() -> None:
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
+def quiet_libtpu_without_tpu() -> None:
+  """For entry points: on a machine with libtpu installed but no TPU chips (no /dev/accel*, no
+  /dev/vfio devices), keep libtpu's start-up errors off the console; training falls back to CPU/GPU
+  either way. Never touches a real TPU VM."""
+  import glob
+  if importlib.util.find_spec("libtpu") is None:
+    return
+  if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+    return
+  quiet_libtpu()
+
+
 def tpu_devices(topology: str, slices: int = 1) -> list:
   """The compile-only devices of `slices` copies of a TPU topology (no TPU needed, libtpu is)."""
   if importlib.util.find_spec("libtpu") is None:
