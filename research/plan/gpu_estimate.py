@@ -5,12 +5,15 @@ policy, and the logits. The same report shape as the TPU dry run; tested against
 memory analysis (tests/test_plan.py; error stated in PERFORMANCE.md).
 
 Activation bytes per token per layer (a = bytes of the compute dtype, D width, F MLP width, H/K query/
-KV heads of size Dh, L sequence; the xla attention keeps its [H, L] f32 probabilities per token):
-  none                   a(7D + 2(H+2K)Dh + H Dh + F(2, swiglu 4)) + 5 H L
-  dots_saveable          a(D + (H+2K)Dh + 2D + F(1, swiglu 2)) + 8 H L
-  dots_no_batch_saveable a(D + (H+2K)Dh + 2D + F(1, swiglu 2))
-  attn/mlp_out_saveable  a(2D); both: a(3D);   full: a D
-plus, for any remat policy, one layer's full set while it is recomputed.
+KV heads of size Dh, L sequence, T the tensor axis; the xla attention keeps its [H, L] f32
+probabilities per token; head and MLP terms are split over T, width-D terms are not):
+  none                   7aD + (a(2(H+2K)Dh + H Dh + F(2, swiglu 4)) + 5 H L) / T
+  dots_saveable          3aD + (a((H+2K)Dh + F(1, swiglu 2)) + 4 H L) / T
+  dots_no_batch_saveable 3aD + a((H+2K)Dh + F(1, swiglu 2)) / T
+  attn/mlp_out_saveable  2aD; both: 3aD;   full: aD
+plus, for any remat policy, one layer's full set while it is recomputed. Logits: 3 f32 copies of
+[tokens, V / T]. Gradients: f32, sharded like the parameters. FSDP: two layers' weights gathered.
+Tokens per device = batch / microbatches x seq / (data x fsdp).
 """
 from __future__ import annotations
 
