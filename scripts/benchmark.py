@@ -44,7 +44,7 @@ def main(_):
   if FLAGS.mode == "train":
     result = benchmark_train(cfg, FLAGS.steps, FLAGS.warmup)
     if FLAGS.compare_pytorch:
-      from research.perf.pytorch_peer import benchmark_pytorch_gpt2
+      from tests.pytorch_peer import benchmark_pytorch_gpt2  # test-only: torch lives in requirements-test.txt
       t = cfg.train
       peer = benchmark_pytorch_gpt2(cfg.model, t.batch_size, t.seq_len, cfg.optimizer, FLAGS.steps, FLAGS.warmup,
                                     compile=FLAGS.pytorch_compile, bf16_autocast=FLAGS.pytorch_bf16)

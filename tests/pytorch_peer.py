@@ -1,4 +1,5 @@
-"""A PyTorch peer for the train-step benchmark: Hugging Face GPT-2 of the same shapes, on CPU.
+"""A PyTorch peer for the train-step benchmark (`scripts/benchmark.py --compare_pytorch`): Hugging Face
+GPT-2 of the same shapes, on CPU. It lives in tests/ because torch is a test-only dependency.
 
 The step trains exactly `batch_size * seq_len` tokens, as the JAX side does: random tokens of
 length `seq_len + 1` are split into inputs `[:, :-1]` and targets `[:, 1:]`, and the loss is the
