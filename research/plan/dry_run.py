@@ -22,7 +22,7 @@ from research.config import ConfigError, validate_config
 from research.models import count_params, flops_per_token
 from research.perf.compiled import compiler_flops, format_bytes, memory_report
 from research.plan.collectives import collectives_summary
-from research.plan.targets import GIB, PlanError, parse_target, quiet_libtpu, tpu_devices
+from research.plan.targets import PlanError, parse_target, quiet_libtpu, tpu_devices
 from research.sharding.mesh import MESH_AXES, make_mesh, resolve_mesh_shape
 from research.train.program import build_program
 
@@ -148,10 +148,3 @@ def format_report(r: dict) -> str:
 
 def exit_code(report: dict) -> int:
   return 0 if report["fits"] else 3
-
-
-def fits_line(report: dict) -> str:
-  return "fits" if report["fits"] else "does not fit"
-
-
-
