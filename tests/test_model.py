@@ -117,3 +117,17 @@ def test_bf16_matmul_gradients_match_float32(equation, x_shape, w_shape):
   for got, want in zip(jax.grad(f, argnums=(0, 1))(x, w), jax.grad(ref, argnums=(0, 1))(x, w)):
     assert got.shape == want.shape
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0.05, atol=0.05 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_causal_attention_matches_jax_reference(kv_heads):
+  from research.models.attention import causal_attention
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.normal(size=(2, 12, 4, 8)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(2, 12, kv_heads, 8)), jnp.float32) for _ in range(2))
+  seg = jnp.asarray([[1] * 5 + [2] * 7, [1] * 12], jnp.int32)
+  mask = seg[:, None, :, None] == seg[:, None, None, :]
+  ref = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, implementation="xla")
+  np.testing.assert_allclose(causal_attention(q, k, v, seg), ref, atol=1e-5)
+  ref = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
+  np.testing.assert_allclose(causal_attention(q, k, v), ref, atol=1e-5)

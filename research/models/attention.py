@@ -25,6 +25,33 @@ def rope(x_BxLxNxDh: jax.Array, positions_BxL: jax.Array, theta: float) -> jax.A
   return out.astype(x_BxLxNxDh.dtype)
 
 
+def causal_attention(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, segment_ids_BxL=None) -> jax.Array:
+  """softmax(q k^T / sqrt(Dh) + causal/document mask) v, logits and softmax in float32.
+
+  Written with heads-major einsums ([B, K, G, L, Dh], G = H / K query heads per KV head) instead of
+  `jax.nn.dot_product_attention(implementation='xla')`: same numbers, and on XLA CPU 2-3x faster
+  forward and ~25% faster forward+backward for the default model's shapes (PERFORMANCE.md)."""
+  b, l, h, dh = q_BxLxHxDh.shape
+  k = k_BxLxKxDh.shape[2]
+  dtype = q_BxLxHxDh.dtype
+  q_BxKxGxLxDh = q_BxLxHxDh.reshape(b, l, k, h // k, dh).transpose(0, 2, 3, 1, 4)
+  k_BxKxLxDh = k_BxLxKxDh.transpose(0, 2, 1, 3)
+  v_BxKxLxDh = v_BxLxKxDh.transpose(0, 2, 1, 3)
+  s = jnp.einsum("bkgld,bkmd->bkglm", q_BxKxGxLxDh, k_BxKxLxDh, preferred_element_type=jnp.float32)
+  s = s * (dh ** -0.5)
+  pos = jnp.arange(l)
+  mask_LxL = pos[:, None] >= pos[None, :]
+  if segment_ids_BxL is None:
+    mask = mask_LxL[None, None, None]
+  else:  # packed rows: attend only within one document
+    same_BxLxL = segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :]
+    mask = (mask_LxL[None] & same_BxLxL)[:, None, None]
+  s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
+  p = jax.nn.softmax(s, axis=-1)
+  o = jnp.einsum("bkglm,bkmd->bkgld", p.astype(dtype), v_BxKxLxDh, preferred_element_type=jnp.float32)
+  return o.astype(dtype).transpose(0, 3, 1, 2, 4).reshape(b, l, h, dh)
+
+
 class CausalSelfAttention(nnx.Module):
 
   def __init__(self, cfg, dtype, param_dtype, rngs: nnx.Rngs):
@@ -48,11 +75,13 @@ class CausalSelfAttention(nnx.Module):
     if self.use_rope:
       q_BxLxHxDh = rope(q_BxLxHxDh, positions_BxL, self.rope_theta)
       k_BxLxKxDh = rope(k_BxLxKxDh, positions_BxL, self.rope_theta)
-    mask = None
-    if segment_ids_BxL is not None:  # packed rows: attend only within one document
-      mask = (segment_ids_BxL[:, None, :, None] == segment_ids_BxL[:, None, None, :])
-    # jax.nn.dot_product_attention computes the logits and softmax in float32 for bf16 inputs.
-    out_BxLxHxDh = jax.nn.dot_product_attention(
-        q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, mask=mask, is_causal=True, implementation=self.impl)
+    if self.impl == "xla":
+      out_BxLxHxDh = causal_attention(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, segment_ids_BxL)
+    else:  # cudnn (GPU): jax's fused kernel, logits and softmax in float32 for bf16 inputs
+      mask = None
+      if segment_ids_BxL is not None:
+        mask = (segment_ids_BxL[:, None, :, None] == segment_ids_BxL[:, None, None, :])
+      out_BxLxHxDh = jax.nn.dot_product_attention(
+          q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, mask=mask, is_causal=True, implementation=self.impl)
     out_BxLxHxDh = constrain(out_BxLxHxDh, ("act_batch", "act_length", "act_heads", None))
     return self.o(out_BxLxHxDh)
