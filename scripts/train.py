@@ -130,8 +130,10 @@ def plan(target: str, slices: int) -> int:
   print(format_report(report), flush=True)
   code = exit_code(report)
   if code:
-    print("error: does not fit on the target; try --config.model.remat=full --config.model.scan_layers=true, "
-          "a larger fsdp axis, a smaller batch, or more chips", file=sys.stderr)
+    hints = [h for h, done in (("--config.model.remat=full", cfg.model.remat == "full"),
+                               ("--config.model.scan_layers=true", cfg.model.scan_layers)) if not done]
+    print("error: does not fit on the target; try " + ", ".join(hints + ["a larger fsdp axis", "a smaller batch",
+                                                                       "more chips (or --autofit)"]), file=sys.stderr)
   return code
 
 
