@@ -69,15 +69,19 @@ def test_errors_have_distinct_codes(monkeypatch):
   assert e.value.code == 5 and "requirements-tpu.txt" in str(e.value)
 
 
-def test_oversized_config_does_not_fit_with_exit_code_3(tmp_path):
-  exp = tmp_path / "big.py"
+def _dry_run_llama3_8b(tmp_path, settings: str, *flags):
+  """scripts/train.py --dry_run on a Llama 3 8B experiment (FSDP over every device) with `settings`."""
+  exp = tmp_path / "llama3_8b.py"
   exp.write_text("from research.config import base_config\nfrom research.models import apply_preset\n"
                  "def get_config():\n  c = base_config()\n  apply_preset(c.model, 'llama3-8b')\n"
-                 "  c.model.scan_layers = True\n  c.train.batch_size, c.train.seq_len = 4, 512\n"
-                 "  c.mesh.shape = (1, -1, 1)\n  return c\n")
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  proc = subprocess.run([sys.executable, "scripts/train.py", f"--config={exp}", "--dry_run", "--target=v5e:2x2"],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                 f"{settings}  c.mesh.shape = (1, -1, 1)\n  return c\n")
+  return subprocess.run([sys.executable, "scripts/train.py", f"--config={exp}", "--dry_run", *flags], cwd=ROOT,
+                        env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=600)
+
+
+def test_oversized_config_does_not_fit_with_exit_code_3(tmp_path):
+  proc = _dry_run_llama3_8b(tmp_path, "  c.model.scan_layers = True\n  c.train.batch_size, c.train.seq_len = 4, 512\n",
+                            "--target=v5e:2x2")
   assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
   assert "DOES NOT FIT" in proc.stdout
   assert proc.stderr.strip().splitlines()[-1].startswith("error: does not fit")
@@ -133,14 +137,9 @@ def test_analytic_estimate_matches_compiled_tpu_memory():
 
 
 def test_gpu_target_reports_an_analytic_estimate(tmp_path):
-  exp = tmp_path / "gpu.py"
-  exp.write_text("from research.config import base_config\nfrom research.models import apply_preset\n"
-                 "def get_config():\n  c = base_config()\n  apply_preset(c.model, 'llama3-8b')\n"
-                 "  c.model.scan_layers, c.model.remat, c.model.dtype = True, 'full', 'bfloat16'\n"
-                 "  c.train.batch_size, c.train.seq_len = 8, 4096\n  c.mesh.shape = (1, -1, 1)\n  return c\n")
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  run = lambda *a: subprocess.run([sys.executable, "scripts/train.py", f"--config={exp}", "--dry_run", *a],
-                                  cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  settings = ("  c.model.scan_layers, c.model.remat, c.model.dtype = True, 'full', 'bfloat16'\n"
+              "  c.train.batch_size, c.train.seq_len = 8, 4096\n")
+  run = lambda *a: _dry_run_llama3_8b(tmp_path, settings, *a)
   ok = run("--target=h100", "--target_devices=8")
   assert ok.returncode == 0 and "analytic estimate" in ok.stdout and "FITS" in ok.stdout, ok.stdout + ok.stderr
   small = run("--target=a100-40", "--target_devices=1", "--config.mesh.shape=(1,1,1)")

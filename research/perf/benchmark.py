@@ -9,6 +9,7 @@ import numpy as np
 from research.config import validate_config
 from research.data import build_pipeline
 from research.models import flops_per_token
+from research.perf.compiled import memory_report
 from research.sharding import make_mesh
 from research.train import mfu as mfu_lib
 from research.train.program import build_program
@@ -30,7 +31,6 @@ def benchmark_train(cfg, steps: int, warmup: int) -> dict:
   program = build_program(cfg, make_mesh(cfg.mesh.shape, devices))
   state = program.init_state()
   step = program.compile_train_step()
-  memory = step.memory_analysis()
   t, rng = cfg.train, np.random.default_rng(0)
   rows = t.batch_size // jax.process_count()
   shapes = {k: v.shape for k, v in program.abstract_batch(rows, t.seq_len).items()}
@@ -57,10 +57,8 @@ def benchmark_train(cfg, steps: int, warmup: int) -> dict:
   tokens_per_sec = t.batch_size * t.seq_len / (spread["step_time_ms"] / 1000)
   fpt = flops_per_token(cfg.model, t.seq_len)
   peak, source = mfu_lib.peak_flops(devices, cfg.model.dtype)
-  per_device = None
-  if memory is not None:
-    per_device = int(memory.argument_size_in_bytes + memory.output_size_in_bytes
-                     + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+  memory = memory_report(step, program.abstract_state(), program.abstract_batch(t.batch_size, t.seq_len))
+  per_device = memory.get("total")  # the same figure training and --dry_run print
   return {"mode": "train", "tokens_per_sec": tokens_per_sec, **spread,
           "mfu": mfu_lib.mfu(fpt, tokens_per_sec, peak), "peak_flops": peak, "peak_source": source,
           "flops_per_token": fpt, "memory_bytes_per_device": per_device, "steps": steps,

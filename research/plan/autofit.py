@@ -22,7 +22,7 @@ import ml_collections
 
 from research.perf.compiled import format_bytes
 from research.plan.dry_run import _sec, plan_for_target
-from research.plan.targets import PlanError, quiet_libtpu, tpu_devices
+from research.plan.targets import PlanError, tpu_devices
 
 DEFAULT_POLICIES = ("none", "dots_saveable", "full")
 
@@ -41,8 +41,8 @@ def layouts(devices: int, slices: int, kv_heads: int, batch: int, max_tensor: in
 
 
 def _plan_one(cfg_dict: dict, target: str, slices: int) -> dict:
-  """Worker: one compile (runs in a fresh process when compiling in parallel)."""
-  quiet_libtpu()
+  """Worker: one compile (runs in a fresh process when compiling in parallel; `tpu_devices` keeps
+  libtpu quiet there before anything starts a backend)."""
   cfg = ml_collections.ConfigDict(cfg_dict)
   mesh_per_slice = tuple(cfg.mesh.shape)
   try:

@@ -17,12 +17,11 @@ import time
 
 import jax
 
-
 from research.config import ConfigError, validate_config
 from research.models import count_params, flops_per_token
 from research.perf.compiled import compiler_flops, format_bytes, memory_report
 from research.plan.collectives import collectives_summary
-from research.plan.targets import PlanError, parse_target, quiet_libtpu, tpu_devices
+from research.plan.targets import PlanError, parse_target, tpu_devices
 from research.sharding.mesh import MESH_AXES, make_mesh, resolve_mesh_shape
 from research.train.program import build_program
 
@@ -58,7 +57,6 @@ def plan_for_target(cfg, target: str, slices: int = 1, gpus: int = 8) -> dict:
   if family not in ICI_BYTES_PER_S:
     from research.plan.gpu_estimate import plan_for_gpu
     return plan_for_gpu(cfg, family, gpus)
-  quiet_libtpu()
   devices = tpu_devices(target, slices)
   mesh = target_mesh(cfg, devices, slices)
   try:
