@@ -17,6 +17,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from research.perf import host_malloc  # noqa: E402
+
+HOST_MALLOC = host_malloc.configure()  # before JAX starts its CPU client: see host_malloc.py
+
 from absl import app, flags, logging  # noqa: E402
 
 from research.config.cli import absl_flags_parser, load_config  # noqa: E402
@@ -57,7 +61,7 @@ def main(_):
       train = benchmark_train(cfg, max(5, FLAGS.steps // 4), FLAGS.warmup)
       result["train_tokens_per_sec"] = train["tokens_per_sec"]
       result["ratio_to_train_step"] = result["tokens_per_sec"] / train["tokens_per_sec"]
-  result.update(config=FLAGS.config, overrides=_OVERRIDES, time=time.strftime("%Y-%m-%d %H:%M:%S"))
+  result.update(config=FLAGS.config, overrides=_OVERRIDES, host_malloc=HOST_MALLOC, time=time.strftime("%Y-%m-%d %H:%M:%S"))
   print(json.dumps(result))
 
 

@@ -14,6 +14,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from research.perf import host_malloc  # noqa: E402
+
+HOST_MALLOC = host_malloc.configure()  # before JAX starts its CPU client: see host_malloc.py
+
 from absl import app, flags, logging  # noqa: E402
 
 from research.config import ConfigError  # noqa: E402
@@ -77,8 +81,10 @@ def main(_):
   try:
     cfg = load_config(FLAGS.config, _OVERRIDES)
     import jax
-    if jax.process_index() == 0 and jax.process_count() > 1:
-      print(joined, flush=True)
+    if jax.process_index() == 0:
+      if jax.process_count() > 1:
+        print(joined, flush=True)
+      print(HOST_MALLOC, flush=True)
     train(cfg, FLAGS.workdir, resume=resume, dry_run=FLAGS.dry_run)  # a preempted run returns normally: exit 0
   except (ConfigError, DataError, NonFiniteError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -104,6 +104,7 @@ def test_segments_isolate_documents(name):
 
 @pytest.mark.parametrize("equation, x_shape, w_shape", [
     ("...a,abc->...bc", (2, 5, 16), (16, 4, 8)),    # Dense to heads
+    ("...a,abc->...bc", (1, 5, 16), (16, 4, 8)),    # odd token count: the unsplit weight gradient
     ("...ab,abc->...c", (2, 5, 4, 8), (4, 8, 16)),  # Dense from heads
     ("bld,vd->blv", (2, 5, 16), (24, 16)),          # tied output head
 ])
