@@ -4,10 +4,6 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 
-from research.perf import host_malloc  # noqa: E402
-
-host_malloc.configure()  # as the entry points do, before JAX starts (research/perf/host_malloc.py)
-
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
