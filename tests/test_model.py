@@ -105,8 +105,10 @@ def test_segments_isolate_documents(name):
 @pytest.mark.parametrize("equation, x_shape, w_shape", [
     ("...a,abc->...bc", (2, 5, 16), (16, 4, 8)),    # Dense to heads
     ("...a,abc->...bc", (1, 5, 16), (16, 4, 8)),    # odd token count: the unsplit weight gradient
+    ("...a,abc->...bc", (2, 5, 64), (64, 2, 8)),    # K > M: dy is the transposed operand
     ("...ab,abc->...c", (2, 5, 4, 8), (4, 8, 16)),  # Dense from heads
     ("bld,vd->blv", (2, 5, 16), (24, 16)),          # tied output head
+    ("bld,vd->blv", (2, 5, 16), (8, 16)),           # tied head narrower than D: dy is transposed
 ])
 def test_bf16_matmul_gradients_match_float32(equation, x_shape, w_shape):
   """The low-precision matmul's hand-written backward pass against autodiff of an f32 einsum."""

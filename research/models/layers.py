@@ -72,30 +72,36 @@ def _matmul_2d_bwd(transposed, dtype, residuals, dy_NxM):
   w_lp, dy_lp = w.astype(dtype), dy_NxM.astype(dtype)
   if transposed:   # w is [M, K]
     dx = jax.lax.dot_general(dy_lp, w_lp, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-    # XLA CPU folds a plain `.T` of the [K, M] result into the dot, which then fails for bf16
-    # ("Unsupported element type for DotThunk"); the barrier keeps the transpose a separate copy.
-    dw = jax.lax.optimization_barrier(_weight_grad(x_NxK, dy_lp, dtype)).T
   else:            # w is [K, M]
     dx = jax.lax.dot_general(dy_lp, w_lp, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-    dw = _weight_grad(x_NxK, dy_lp, dtype)
+  dw = _weight_grad(x_NxK, dy_lp, dtype, transposed)
   return dx.astype(x_NxK.dtype), dw.astype(w.dtype)
 
 
-def _weight_grad(x_NxK: jax.Array, dy_NxM: jax.Array, dtype) -> jax.Array:
-  """x^T @ dy -> [K, M] float32, inputs cast to `dtype`: the contraction over the N (token) axis.
+def _weight_grad(x_NxK: jax.Array, dy_NxM: jax.Array, dtype, transposed: bool) -> jax.Array:
+  """x^T @ dy: [K, M] (or [M, K] when `transposed`) float32, inputs cast to `dtype`.
 
-  For bf16, XLA CPU runs this contraction over the first axis of both operands at ~155 GFLOP/s, a
-  quarter of its forward-layout rate (PERFORMANCE.md). Splitting N into two contracted axes makes XLA
-  write x transposed ([K, N], a cheap copy) and run the forward-layout kernel: 3-4x faster on CPU,
-  and on GPU/TPU the two contracted axes are merged back into one plain matmul. f32 gains nothing
-  from the split (measured), so it keeps the plain form.
+  This contracts over the N (token) axis. For bf16, XLA CPU runs that contraction over the first
+  axis of both operands at ~155 GFLOP/s, a quarter of its forward-layout rate (PERFORMANCE.md).
+  Splitting N into two contracted axes makes XLA copy one operand transposed ([K, N]) and run the
+  forward-layout kernel: 3-4x faster on CPU, while GPU/TPU merge the two axes back into one plain
+  matmul. The smaller operand is the one transposed (a [4096, 1024] bf16 transpose took 28 ms, its
+  [4096, 256] partner 3 ms). f32 gains nothing from the split (measured) and keeps the plain form.
   """
   x, dy = x_NxK.astype(dtype), dy_NxM.astype(dtype)
-  n = x.shape[0]
+  n, k, m = x.shape[0], x.shape[1], dy.shape[1]
   if jnp.dtype(dtype) == jnp.float32 or n % 2:
-    return jnp.einsum("nk,nm->km", x, dy, preferred_element_type=jnp.float32)
-  return jnp.einsum("cnk,cnm->km", x.reshape(2, n // 2, -1), dy.reshape(2, n // 2, -1),
-                    preferred_element_type=jnp.float32)
+    return jnp.einsum("nm,nk->mk" if transposed else "nk,nm->km", x, dy, preferred_element_type=jnp.float32)
+  split = lambda a: a.reshape(2, n // 2, a.shape[1])
+  if k <= m:
+    out, out_is_mk = jnp.einsum("cnk,cnm->km", split(x), split(dy), preferred_element_type=jnp.float32), False
+  else:
+    out, out_is_mk = jnp.einsum("cnm,cnk->mk", split(dy), split(x), preferred_element_type=jnp.float32), True
+  if out_is_mk != transposed:
+    # XLA CPU folds a plain `.T` into the dot, which then fails for bf16 ("Unsupported element type
+    # for DotThunk"); the barrier keeps the transpose of the small [K, M] result a separate copy.
+    out = jax.lax.optimization_barrier(out).T
+  return out
 
 
 _matmul_2d.defvjp(_matmul_2d_fwd, _matmul_2d_bwd)
