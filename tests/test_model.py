@@ -110,16 +110,18 @@ def test_segments_isolate_documents(name):
     ("bld,vd->blv", (2, 5, 16), (24, 16)),          # tied output head
     ("bld,vd->blv", (2, 5, 16), (8, 16)),           # tied head narrower than D: dy is transposed
 ])
-def test_bf16_matmul_gradients_match_float32(equation, x_shape, w_shape):
-  """The low-precision matmul's hand-written backward pass against autodiff of an f32 einsum."""
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_matmul_gradients_match_float32_autodiff(equation, x_shape, w_shape, dtype):
+  """The matmul's hand-written backward pass against autodiff of an f32 einsum."""
   from research.models.layers import matmul
   x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
   w = jax.random.normal(jax.random.PRNGKey(1), w_shape)
-  f = lambda x, w: (matmul(equation, x, w, jnp.bfloat16).astype(jnp.float32) ** 2).sum()
+  f = lambda x, w: (matmul(equation, x, w, dtype).astype(jnp.float32) ** 2).sum()
   ref = lambda x, w: (jnp.einsum(equation, x, w) ** 2).sum()
   for got, want in zip(jax.grad(f, argnums=(0, 1))(x, w), jax.grad(ref, argnums=(0, 1))(x, w)):
     assert got.shape == want.shape
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0.05, atol=0.05 * np.abs(want).max())
+    tol = 0.05 if dtype == jnp.bfloat16 else 1e-4
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=tol, atol=tol * np.abs(want).max())
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])

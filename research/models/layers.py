@@ -91,7 +91,7 @@ def _weight_grad(x_NxK: jax.Array, dy_NxM: jax.Array, dtype, transposed: bool) -
   x, dy = x_NxK.astype(dtype), dy_NxM.astype(dtype)
   n, k, m = x.shape[0], x.shape[1], dy.shape[1]
   if jnp.dtype(dtype) == jnp.float32 or n % 2:
-    return jnp.einsum("nm,nk->mk" if transposed else "nk,nm->km", x, dy, preferred_element_type=jnp.float32)
+    return jnp.einsum("nk,nm->mk" if transposed else "nk,nm->km", x, dy, preferred_element_type=jnp.float32)
   split = lambda a: a.reshape(2, n // 2, a.shape[1])
   if k <= m:
     out, out_is_mk = jnp.einsum("cnk,cnm->km", split(x), split(dy), preferred_element_type=jnp.float32), False
