@@ -31,26 +31,27 @@ def param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str], init: str |
   return nnx.Param(value, logical_axes=tuple(axes))
 
 
-def matmul(equation: str, x: jax.Array, w: jax.Array, dtype: jnp.dtype) -> jax.Array:
-  """The one place every weight matmul goes through: inputs in `dtype`, f32 accumulation.
+def matmul(equation: str, x: jax.Array, w: jax.Array, dtype: jnp.dtype, out_dtype=None) -> jax.Array:
+  """The one place every weight matmul goes through: inputs in `dtype`, f32 accumulation, output in
+  `out_dtype` (default `dtype`; the output head asks for f32 logits).
 
   `equation` is 'x...,w->y' with x's leading axes kept ('...abc' style, as Dense builds) or the tied
   head's 'bld,vd->blv'. Every dtype goes through `_matmul_2d`, whose backward pass is written out
   (see there). The output is named 'matmul' for the remat policies.
   """
-  return checkpoint_name(_matmul(equation, x, w, dtype), "matmul")
+  return checkpoint_name(_matmul(equation, x, w, dtype, out_dtype or dtype), "matmul")
 
 
-def _matmul(equation: str, x: jax.Array, w: jax.Array, dtype: jnp.dtype) -> jax.Array:
+def _matmul(equation: str, x: jax.Array, w: jax.Array, dtype: jnp.dtype, out_dtype) -> jax.Array:
   if equation == "bld,vd->blv":
     lead, k = x.shape[:-1], x.shape[-1]
     out = _matmul_2d(x.reshape(-1, k), w, True, jnp.dtype(dtype))
-    return out.reshape(lead + (w.shape[0],)).astype(dtype)
+    return out.reshape(lead + (w.shape[0],)).astype(out_dtype)
   n_in = len(equation.split(",")[0]) - 3       # x's contracted letters, after '...'
   lead, k = x.shape[:x.ndim - n_in], int(np.prod(x.shape[x.ndim - n_in:]))
   out_shape = w.shape[n_in:]
   out = _matmul_2d(x.reshape(-1, k), w.reshape(k, -1), False, jnp.dtype(dtype))
-  return out.reshape(lead + out_shape).astype(dtype)
+  return out.reshape(lead + out_shape).astype(out_dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -175,8 +176,8 @@ class Dense(nnx.Module):
     ins, outs = letters[:len(in_shape)], letters[len(in_shape):len(in_shape) + len(out_shape)]
     self.equation = f"...{ins},{ins}{outs}->...{outs}"
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    y = matmul(self.equation, x, self.kernel[...], self.dtype)
+  def __call__(self, x: jax.Array, out_dtype=None) -> jax.Array:
+    y = matmul(self.equation, x, self.kernel[...], self.dtype, out_dtype)
     if self.bias is not None:
       y = add_bias(y, self.bias[...])
     return y

@@ -128,11 +128,13 @@ class DecoderLM(nnx.Module):
     x_BxLxD = constrain(x_BxLxD, ("act_batch", "act_length", "act_embed"))
     x_BxLxD = self._run_blocks(x_BxLxD, positions, segment_ids, None if rngs is None else rngs[:n])
     x_BxLxD = self.final_norm(x_BxLxD)
+    # Logits leave the f32 accumulator as f32: rounding them to the compute dtype first cost the
+    # softmax precision and a [B, L, V] convert each way.
     if self.lm_head is None:
-      logits_BxLxV = matmul("bld,vd->blv", x_BxLxD, table_VxD, self.dtype)
+      logits_BxLxV = matmul("bld,vd->blv", x_BxLxD, table_VxD, self.dtype, jnp.float32)
     else:
-      logits_BxLxV = self.lm_head(x_BxLxD)
-    return constrain(logits_BxLxV.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
+      logits_BxLxV = self.lm_head(x_BxLxD, out_dtype=jnp.float32)
+    return constrain(logits_BxLxV, ("act_batch", "act_length", "act_vocab"))
 
   def _run_blocks(self, x_BxLxD, positions_BxL, segment_ids_BxL, rngs_N):
     """The blocks in order, each under the remat policy; a lax.scan when they are stacked."""
