@@ -136,3 +136,24 @@ def test_causal_attention_matches_jax_reference(kv_heads):
   np.testing.assert_allclose(causal_attention(q, k, v, seg), ref, atol=1e-5)
   ref = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
   np.testing.assert_allclose(causal_attention(q, k, v), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_causal_attention_gradients_match_jax_reference(kv_heads, dtype):
+  """The written-out backward pass (attention_xla._attend_bwd) against autodiff of JAX's attention."""
+  from research.models.attention import causal_attention
+  rng = np.random.default_rng(1)
+  q = jnp.asarray(rng.normal(size=(2, 12, 4, 8)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(2, 12, kv_heads, 8)), jnp.float32) for _ in range(2))
+  w = jnp.asarray(rng.normal(size=(2, 12, 4, 8)), jnp.float32)
+  seg = jnp.asarray([[1] * 5 + [2] * 7, [1] * 12], jnp.int32)
+  mask = seg[:, None, :, None] == seg[:, None, None, :]
+  ours = lambda q, k, v: (causal_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype), seg)
+                          .astype(jnp.float32) * w).sum()
+  ref = lambda q, k, v: (jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True,
+                                                      implementation="xla") * w).sum()
+  tol = 1e-5 if dtype == jnp.float32 else 0.05
+  for got, want in zip(jax.grad(ours, (0, 1, 2))(q, k, v), jax.grad(ref, (0, 1, 2))(q, k, v)):
+    assert got.dtype == jnp.float32 and got.shape == want.shape
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=tol, atol=tol * np.abs(want).max())

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from research.models.attention_xla import causal_attention  # noqa: F401  (the 'xla' impl)
 from research.models.layers import Dense
 from research.sharding import constrain
 
@@ -23,41 +24,6 @@ def rope(x_BxLxNxDh: jax.Array, positions_BxL: jax.Array, theta: float) -> jax.A
   x1, x2 = x[..., :half], x[..., half:]
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x_BxLxNxDh.dtype)
-
-
-def causal_attention(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, segment_ids_BxL=None) -> jax.Array:
-  """softmax(q k^T / sqrt(Dh) + causal/document mask) v, logits and softmax in float32.
-
-  Written as einsums instead of `jax.nn.dot_product_attention(implementation='xla')`: same numbers,
-  and faster on XLA CPU (PERFORMANCE.md). With one query head per KV head the einsums read the
-  [B, L, H, Dh] inputs as they are (the default step: 50 ms faster than heads-major inputs); with
-  grouped queries the inputs go heads-major ([B, K, G, L, Dh], G = H / K), 2-3x faster in the
-  forward pass than jax.nn.dot_product_attention."""
-  b, l, h, dh = q_BxLxHxDh.shape
-  k = k_BxLxKxDh.shape[2]
-  dtype = q_BxLxHxDh.dtype
-  pos = jnp.arange(l)
-  mask_LxL = pos[:, None] >= pos[None, :]
-  if segment_ids_BxL is None:
-    mask_BxLxL = mask_LxL[None]
-  else:  # packed rows: attend only within one document
-    mask_BxLxL = mask_LxL[None] & (segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :])
-  if k == h:
-    s = jnp.einsum("blhd,bmhd->bhlm", q_BxLxHxDh, k_BxLxKxDh, preferred_element_type=jnp.float32)
-    p = _masked_softmax(s * (dh ** -0.5), mask_BxLxL[:, None])
-    o = jnp.einsum("bhlm,bmhd->blhd", p.astype(dtype), v_BxLxKxDh, preferred_element_type=jnp.float32)
-    return o.astype(dtype)
-  q_BxKxGxLxDh = q_BxLxHxDh.reshape(b, l, k, h // k, dh).transpose(0, 2, 3, 1, 4)
-  k_BxKxLxDh = k_BxLxKxDh.transpose(0, 2, 1, 3)
-  v_BxKxLxDh = v_BxLxKxDh.transpose(0, 2, 1, 3)
-  s = jnp.einsum("bkgld,bkmd->bkglm", q_BxKxGxLxDh, k_BxKxLxDh, preferred_element_type=jnp.float32)
-  p = _masked_softmax(s * (dh ** -0.5), mask_BxLxL[:, None, None])
-  o = jnp.einsum("bkglm,bkmd->bkgld", p.astype(dtype), v_BxKxLxDh, preferred_element_type=jnp.float32)
-  return o.astype(dtype).transpose(0, 3, 1, 2, 4).reshape(b, l, h, dh)
-
-
-def _masked_softmax(scores: jax.Array, mask: jax.Array) -> jax.Array:
-  return jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(jnp.float32).min), axis=-1)
 
 
 class CausalSelfAttention(nnx.Module):

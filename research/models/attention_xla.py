@@ -1,0 +1,79 @@
+"""Causal attention as plain einsums (the 'xla' implementation), with a written-out backward pass.
+
+softmax(q k^T / sqrt(Dh) + causal/document mask) v; scores and softmax in float32, matmul inputs in
+the compute dtype with float32 accumulation, forward and backward.
+
+Why not `jax.nn.dot_product_attention(implementation='xla')` or autodiff: for the default model on XLA
+CPU, autodiff's backward ran the [B, H, L, L] matmuls in f32 (the cotangent is f32), some through a
+slow generic kernel; this backward runs them in the compute dtype: the attention core's
+forward+backward 40 -> 22 ms per layer (PERFORMANCE.md). The residuals are q, k, v and the
+probabilities in the compute dtype (not the f32 scores).
+
+Shape legend: B batch, L length (queries), M length (keys), H heads, K kv_heads, G = H / K query
+heads per KV head, Dh head_dim. Queries are grouped as [B, L, K, G, Dh]; with G = 1 the size-1 axis is
+dropped from the einsums (XLA CPU ran that form ~10% slower in the whole step).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+F32 = jnp.float32
+
+
+def causal_attention(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, segment_ids_BxL=None) -> jax.Array:
+  """[B, L, H, Dh] queries, [B, L, K, Dh] keys/values -> [B, L, H, Dh]; `segment_ids_BxL` (packed
+  rows) keeps attention inside each document."""
+  b, l, h, dh = q_BxLxHxDh.shape
+  k = k_BxLxKxDh.shape[2]
+  pos = jnp.arange(l)
+  mask_BxLxL = (pos[:, None] >= pos[None, :])[None]
+  if segment_ids_BxL is not None:
+    mask_BxLxL = mask_BxLxL & (segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :])
+  q = q_BxLxHxDh if k == h else q_BxLxHxDh.reshape(b, l, k, h // k, dh)
+  out = _attend(q, k_BxLxKxDh, v_BxLxKxDh, mask_BxLxL)
+  return out.reshape(b, l, h, dh)
+
+
+def _equations(grouped: bool) -> dict:
+  """einsum strings for q [B, L, K, (G,) Dh] and scores [B, K, (G,) L, M]."""
+  q, s = ("blkgd", "bkglm") if grouped else ("blkd", "bklm")
+  return dict(scores=f"{q},bmkd->{s}", out=f"{s},bmkd->{q}", kv_grad=f"{s},{q}->bmkd")
+
+
+def _mask(mask_BxLxL, grouped: bool):
+  return mask_BxLxL[:, None, None] if grouped else mask_BxLxL[:, None]
+
+
+@jax.custom_vjp
+def _attend(q, k_BxMxKxDh, v_BxMxKxDh, mask_BxLxL):
+  return _attend_fwd(q, k_BxMxKxDh, v_BxMxKxDh, mask_BxLxL)[0]
+
+
+def _attend_fwd(q, k_BxMxKxDh, v_BxMxKxDh, mask_BxLxL):
+  grouped = q.ndim == 5
+  eq = _equations(grouped)
+  scale = q.shape[-1] ** -0.5
+  scores = jnp.einsum(eq["scores"], q, k_BxMxKxDh, preferred_element_type=F32) * scale
+  scores = jnp.where(_mask(mask_BxLxL, grouped), scores, jnp.finfo(F32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+  out = jnp.einsum(eq["out"], probs, v_BxMxKxDh, preferred_element_type=F32).astype(q.dtype)
+  return out, (q, k_BxMxKxDh, v_BxMxKxDh, probs, mask_BxLxL)
+
+
+def _attend_bwd(residuals, d_out):
+  q, k, v, probs, mask = residuals
+  eq = _equations(q.ndim == 5)
+  scale = q.shape[-1] ** -0.5
+  d_out = d_out.astype(q.dtype)
+  dv = jnp.einsum(eq["kv_grad"], probs, d_out, preferred_element_type=F32)
+  d_probs = jnp.einsum(eq["scores"], d_out, v, preferred_element_type=F32)
+  p = probs.astype(F32)
+  # softmax backward: dS = P * (dP - rowsum(P * dP)); masked entries have P = 0.
+  d_scores = (p * (d_probs - (p * d_probs).sum(-1, keepdims=True)) * scale).astype(q.dtype)
+  dq = jnp.einsum(eq["out"], d_scores, k, preferred_element_type=F32)
+  dk = jnp.einsum(eq["kv_grad"], d_scores, q, preferred_element_type=F32)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+_attend.defvjp(_attend_fwd, _attend_bwd)
