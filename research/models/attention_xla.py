@@ -38,7 +38,8 @@ def causal_attention(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, segment_ids_BxL=None) -
 def _equations(grouped: bool) -> dict:
   """einsum strings for q [B, L, K, (G,) Dh] and scores [B, K, (G,) L, M]."""
   q, s = ("blkgd", "bkglm") if grouped else ("blkd", "bklm")
-  return dict(scores=f"{q},bmkd->{s}", out=f"{s},bmkd->{q}", kv_grad=f"{s},{q}->bmkd")
+  return dict(scores=f"{q},bmkd->{s}", out=f"{s},bmkd->{q}", kv_grad=f"{s},{q}->bmkd",
+              row_dot=f"{q},{q}->{s[:-1]}")
 
 
 def _mask(mask_BxLxL, grouped: bool):
@@ -58,19 +59,21 @@ def _attend_fwd(q, k_BxMxKxDh, v_BxMxKxDh, mask_BxLxL):
   scores = jnp.where(_mask(mask_BxLxL, grouped), scores, jnp.finfo(F32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
   out = jnp.einsum(eq["out"], probs, v_BxMxKxDh, preferred_element_type=F32).astype(q.dtype)
-  return out, (q, k_BxMxKxDh, v_BxMxKxDh, probs, mask_BxLxL)
+  return out, (q, k_BxMxKxDh, v_BxMxKxDh, probs, out, mask_BxLxL)
 
 
 def _attend_bwd(residuals, d_out):
-  q, k, v, probs, mask = residuals
+  q, k, v, probs, out, mask = residuals
   eq = _equations(q.ndim == 5)
   scale = q.shape[-1] ** -0.5
+  # softmax backward: dS = P * (dP - rowsum(P * dP)), and rowsum(P * dP) = rowsum(dO * O) (as flash
+  # attention computes it): from [B, L, H, Dh] tensors, so dS is an elementwise epilogue of the dP
+  # matmul and the f32 [B, H, L, L] dP need not be kept. Masked entries have P = 0.
+  delta = jnp.einsum(eq["row_dot"], d_out.astype(F32), out.astype(F32))[..., None]
   d_out = d_out.astype(q.dtype)
   dv = jnp.einsum(eq["kv_grad"], probs, d_out, preferred_element_type=F32)
   d_probs = jnp.einsum(eq["scores"], d_out, v, preferred_element_type=F32)
-  p = probs.astype(F32)
-  # softmax backward: dS = P * (dP - rowsum(P * dP)); masked entries have P = 0.
-  d_scores = (p * (d_probs - (p * d_probs).sum(-1, keepdims=True)) * scale).astype(q.dtype)
+  d_scores = (probs.astype(F32) * (d_probs - delta) * scale).astype(q.dtype)
   dq = jnp.einsum(eq["out"], d_scores, k, preferred_element_type=F32)
   dk = jnp.einsum(eq["kv_grad"], d_scores, q, preferred_element_type=F32)
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None

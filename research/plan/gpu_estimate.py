@@ -5,9 +5,10 @@ policy, and the logits. The same report shape as the TPU dry run; tested against
 memory analysis (tests/test_plan.py; error stated in PERFORMANCE.md).
 
 Activation bytes per token per layer (a = bytes of the compute dtype, D width, F MLP width, H/K query/
-KV heads of size Dh, L sequence, T the tensor axis; the xla attention keeps its [H, L] f32
-probabilities per token; head and MLP terms are split over T, width-D terms are not):
-  none                   7aD + (a(2(H+2K)Dh + H Dh + F(2, swiglu 4)) + 5 H L) / T
+KV heads of size Dh, L sequence, T the tensor axis; the xla attention keeps its [H, L]
+probabilities per token in the compute dtype (attention_xla.py) plus a mask byte; head and MLP terms
+are split over T, width-D terms are not):
+  none                   7aD + (a(2(H+2K)Dh + H Dh + F(2, swiglu 4)) + (a+1) H L) / T
   dots_saveable          3aD + (a((H+2K)Dh + F(1, swiglu 2)) + 4 H L) / T
   dots_no_batch_saveable 3aD + a((H+2K)Dh + F(1, swiglu 2)) / T
   attn/mlp_out_saveable  2aD; both: 3aD;   full: aD
@@ -40,7 +41,7 @@ def _per_token_layer(cfg, policy: str, tensor: int) -> tuple[float, float]:
   gated = m.mlp_activation == "swiglu"
   length = cfg.train.seq_len
   split = lambda x: x / tensor
-  full = a * 7 * d + split(a * (2 * (h + 2 * k) * dh + h * dh + f * (4 if gated else 2)) + 5 * h * length)
+  full = a * 7 * d + split(a * (2 * (h + 2 * k) * dh + h * dh + f * (4 if gated else 2)) + (a + 1) * h * length)
   dots = a * 3 * d + split(a * ((h + 2 * k) * dh + f * (2 if gated else 1)))
   kept = {"none": full, "dots_saveable": dots + split(4 * h * length), "dots_no_batch_saveable": dots,
           "attn_out_saveable": 2 * a * d, "mlp_out_saveable": 2 * a * d, "attn_mlp_out_saveable": 3 * a * d,
