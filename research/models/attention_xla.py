@@ -6,8 +6,9 @@ the compute dtype with float32 accumulation, forward and backward.
 Why not `jax.nn.dot_product_attention(implementation='xla')` or autodiff: for the default model on XLA
 CPU, autodiff's backward ran the [B, H, L, L] matmuls in f32 (the cotangent is f32), some through a
 slow generic kernel; this backward runs them in the compute dtype: the attention core's
-forward+backward 40 -> 22 ms per layer (PERFORMANCE.md). The residuals are q, k, v and the
-probabilities in the compute dtype (not the f32 scores).
+forward+backward 40 -> 22 ms per layer (PERFORMANCE.md). The residuals are q, k, v, the output and
+the probabilities in the compute dtype (not the f32 scores; masked probabilities are 0, so the
+backward needs no mask).
 
 Shape legend: B batch, L length (queries), M length (keys), H heads, K kv_heads, G = H / K query
 heads per KV head, Dh head_dim. Queries are grouped as [B, L, K, G, Dh]; with G = 1 the size-1 axis is
@@ -59,11 +60,11 @@ def _attend_fwd(q, k_BxMxKxDh, v_BxMxKxDh, mask_BxLxL):
   scores = jnp.where(_mask(mask_BxLxL, grouped), scores, jnp.finfo(F32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
   out = jnp.einsum(eq["out"], probs, v_BxMxKxDh, preferred_element_type=F32).astype(q.dtype)
-  return out, (q, k_BxMxKxDh, v_BxMxKxDh, probs, out, mask_BxLxL)
+  return out, (q, k_BxMxKxDh, v_BxMxKxDh, probs, out)
 
 
 def _attend_bwd(residuals, d_out):
-  q, k, v, probs, out, mask = residuals
+  q, k, v, probs, out = residuals
   eq = _equations(q.ndim == 5)
   scale = q.shape[-1] ** -0.5
   # softmax backward: dS = P * (dP - rowsum(P * dP)), and rowsum(P * dP) = rowsum(dO * O) (as flash

@@ -1,7 +1,7 @@
 """Back the host's malloc with transparent huge pages (glibc), so train steps stop page-faulting.
 
-Why: XLA CPU allocates a step's temporaries (841 MiB for the default config) with malloc on every
-call. glibc maps blocks that large fresh and unmaps them on free, so every step touches new 4 KiB
+Why: XLA CPU allocates a step's temporaries (hundreds of MiB for the default config) with malloc on
+every call. glibc maps blocks that large fresh and unmaps them on free, so every step touches new 4 KiB
 pages: 187,000 minor page faults per default step, ~20% of its time (PERFORMANCE.md). With glibc's
 `glibc.malloc.hugetlb=1` tunable the memory is advised as transparent huge pages, faulted 2 MiB at a
 time: ~1,100 faults per step, and the resident memory stays flat. (Keeping freed memory mapped with
