@@ -6,8 +6,9 @@ memory analysis (tests/test_plan.py; error stated in PERFORMANCE.md).
 
 Activation bytes per token per layer (a = bytes of the compute dtype, D width, F MLP width, H/K query/
 KV heads of size Dh, L sequence, T the tensor axis; the xla attention keeps its [H, L]
-probabilities per token in the compute dtype (attention_xla.py) plus a mask byte; head and MLP terms
-are split over T, width-D terms are not):
+probabilities per token in the compute dtype (attention_xla.py); the extra byte per [H, L] entry in
+'none' covers the recomputed layer's transients, calibrated against compiled memory; head and MLP
+terms are split over T, width-D terms are not):
   none                   7aD + (a(2(H+2K)Dh + H Dh + F(2, swiglu 4)) + (a+1) H L) / T
   dots_saveable          3aD + (a((H+2K)Dh + F(1, swiglu 2)) + 4 H L) / T
   dots_no_batch_saveable 3aD + a((H+2K)Dh + F(1, swiglu 2)) / T
