@@ -124,6 +124,34 @@ def test_matmul_gradients_match_float32_autodiff(equation, x_shape, w_shape, dty
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=tol, atol=tol * np.abs(want).max())
 
 
+@pytest.mark.parametrize("name", ["gelu_tanh", "gelu", "relu", "swiglu"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_activations_match_float32_autodiff(name, dtype):
+  """The f32 activations (value and hand-routed backward) against jax.nn autodiff in float32."""
+  from research.models.activations import ACTIVATIONS, swiglu
+  ours, ref = {
+      "gelu_tanh": (ACTIVATIONS["gelu_tanh"], lambda x: jax.nn.gelu(x, approximate=True)),
+      "gelu": (ACTIVATIONS["gelu"], lambda x: jax.nn.gelu(x, approximate=False)),
+      "relu": (ACTIVATIONS["relu"], jax.nn.relu),
+      "swiglu": (swiglu, lambda g, u: jax.nn.silu(g) * u),
+  }[name]
+  rng = np.random.default_rng(0)
+  xs = [jnp.asarray(rng.normal(size=(4, 6, 32)) * 3, dtype) for _ in range(2 if name == "swiglu" else 1)]
+  w = jnp.asarray(rng.normal(size=(4, 6, 32)), jnp.float32)
+  loss = lambda f: lambda *a: (f(*a).astype(jnp.float32) * w).sum()
+  tol = 1e-5 if dtype == jnp.float32 else 1e-2
+  assert ours(*xs).dtype == dtype
+  np.testing.assert_allclose(np.asarray(ours(*xs), np.float32),
+                             np.asarray(ref(*(x.astype(jnp.float32) for x in xs)).astype(dtype), np.float32),
+                             rtol=tol, atol=tol)
+  argnums = tuple(range(len(xs)))
+  got = jax.jit(jax.grad(loss(ours), argnums))(*xs)
+  want = jax.grad(loss(ref), argnums)(*(x.astype(jnp.float32) for x in xs))
+  for g, r in zip(got, want):
+    assert g.dtype == dtype
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r), rtol=tol, atol=tol * np.abs(r).max())
+
+
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
 def test_causal_attention_matches_jax_reference(kv_heads):
   from research.models.attention import causal_attention
@@ -140,20 +168,29 @@ def test_causal_attention_matches_jax_reference(kv_heads):
 
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_causal_attention_gradients_match_jax_reference(kv_heads, dtype):
-  """The written-out backward pass (attention_xla._attend_bwd) against autodiff of JAX's attention."""
+@pytest.mark.parametrize("loss", ["weighted", "squared"])
+def test_causal_attention_gradients_match_jax_reference(kv_heads, dtype, loss):
+  """The written-out backward pass (attention_xla._attend_bwd) against autodiff of JAX's attention.
+
+  'squared' makes the output's cotangent an elementwise function of the output, which XLA CPU once
+  laid out transposed for the bf16 dP matmul: a DotThunk 'BF16 x BF16 = F32' crash (not a wrong
+  number), fixed by the barrier on d_out in _attend_bwd."""
   from research.models.attention import causal_attention
   rng = np.random.default_rng(1)
-  q = jnp.asarray(rng.normal(size=(2, 12, 4, 8)), jnp.float32)
-  k, v = (jnp.asarray(rng.normal(size=(2, 12, kv_heads, 8)), jnp.float32) for _ in range(2))
+  q = jnp.asarray(rng.normal(size=(2, 12, 4, 8)), dtype)
+  k, v = (jnp.asarray(rng.normal(size=(2, 12, kv_heads, 8)), dtype) for _ in range(2))
   w = jnp.asarray(rng.normal(size=(2, 12, 4, 8)), jnp.float32)
   seg = jnp.asarray([[1] * 5 + [2] * 7, [1] * 12], jnp.int32)
   mask = seg[:, None, :, None] == seg[:, None, None, :]
-  ours = lambda q, k, v: (causal_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype), seg)
-                          .astype(jnp.float32) * w).sum()
-  ref = lambda q, k, v: (jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True,
-                                                      implementation="xla") * w).sum()
+  reduce = (lambda out: (out * w).sum()) if loss == "weighted" else (lambda out: (out ** 2).sum())
+  ours = lambda q, k, v: reduce(causal_attention(q, k, v, seg).astype(jnp.float32))
+  ref = lambda q, k, v: reduce(jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True,
+                                                            implementation="xla"))
   tol = 1e-5 if dtype == jnp.float32 else 0.05
-  for got, want in zip(jax.grad(ours, (0, 1, 2))(q, k, v), jax.grad(ref, (0, 1, 2))(q, k, v)):
-    assert got.dtype == jnp.float32 and got.shape == want.shape
+  f32 = lambda *xs: [x.astype(jnp.float32) for x in xs]
+  # Under jit, as in training: layouts (and the crash above) are a compile-time matter.
+  got_grads = jax.jit(jax.grad(ours, (0, 1, 2)))(q, k, v)
+  for got, want in zip(got_grads, jax.grad(ref, (0, 1, 2))(*f32(q, k, v))):
+    assert got.dtype == dtype and got.shape == want.shape
+    got = got.astype(jnp.float32)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=tol, atol=tol * np.abs(want).max())

@@ -71,7 +71,10 @@ def _attend_bwd(residuals, d_out):
   # attention computes it): from [B, L, H, Dh] tensors, so dS is an elementwise epilogue of the dP
   # matmul and the f32 [B, H, L, L] dP need not be kept. Masked entries have P = 0.
   delta = jnp.einsum(eq["row_dot"], d_out.astype(F32), out.astype(F32))[..., None]
-  d_out = d_out.astype(q.dtype)
+  # The barrier pins d_out to a row-major layout. Without it, when d_out came from an elementwise op
+  # (e.g. a loss on the attention output), XLA CPU laid it out transposed for the dP matmul, which
+  # then fell back to a dot kernel without bf16 ("Unsupported element type for DotThunk").
+  d_out = jax.lax.optimization_barrier(d_out.astype(q.dtype))
   dv = jnp.einsum(eq["kv_grad"], probs, d_out, preferred_element_type=F32)
   d_probs = jnp.einsum(eq["scores"], d_out, v, preferred_element_type=F32)
   d_scores = (probs.astype(F32) * (d_probs - delta) * scale).astype(q.dtype)

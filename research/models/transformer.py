@@ -11,17 +11,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from research.models.activations import ACTIVATIONS, swiglu
 from research.models.attention import CausalSelfAttention
 from research.models.layers import DTYPES, Dense, Embedding, Norm, dropout, matmul
 from research.models.remat import checkpoint_name, remat
 from research.sharding import constrain
-
-ACTIVATIONS = {
-    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "relu": jax.nn.relu,
-}
-
 
 class MLP(nnx.Module):
 
@@ -34,12 +28,12 @@ class MLP(nnx.Module):
                  if self.gated else None)
     self.down = Dense((f,), (d,), ("mlp",), ("embed",), init_std=cfg.init_std / (2 * cfg.num_layers) ** 0.5,
                       **common)
-    self.act = jax.nn.silu if self.gated else ACTIVATIONS[cfg.mlp_activation]
+    self.act = None if self.gated else ACTIVATIONS[cfg.mlp_activation]
 
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
     h_BxLxF = self.up(x_BxLxD)
     if self.gated:
-      h_BxLxF = self.act(self.gate(x_BxLxD)) * h_BxLxF
+      h_BxLxF = swiglu(self.gate(x_BxLxD), h_BxLxF)
     else:
       h_BxLxF = self.act(h_BxLxF)
     h_BxLxF = constrain(h_BxLxF, ("act_batch", "act_length", "act_mlp"))
