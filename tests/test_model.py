@@ -111,14 +111,19 @@ def test_segments_isolate_documents(name):
     ("bld,vd->blv", (2, 5, 16), (8, 16)),           # tied head narrower than D: dy is transposed
 ])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
-def test_matmul_gradients_match_float32_autodiff(equation, x_shape, w_shape, dtype):
-  """The matmul's hand-written backward pass against autodiff of an f32 einsum."""
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_matmul_gradients_match_float32_autodiff(equation, x_shape, w_shape, dtype, with_bias):
+  """The matmul's hand-written backward pass (and the bias added in it) against autodiff of an f32 einsum."""
   from research.models.layers import matmul
   x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
   w = jax.random.normal(jax.random.PRNGKey(1), w_shape)
-  f = lambda x, w: (matmul(equation, x, w, dtype).astype(jnp.float32) ** 2).sum()
-  ref = lambda x, w: (jnp.einsum(equation, x, w) ** 2).sum()
-  for got, want in zip(jax.grad(f, argnums=(0, 1))(x, w), jax.grad(ref, argnums=(0, 1))(x, w)):
+  n_in = len(equation.split(",")[0]) - 3                     # x's contracted axes after '...'
+  b_shape = w_shape[:1] if equation == "bld,vd->blv" else w_shape[n_in:]
+  b = jax.random.normal(jax.random.PRNGKey(2), b_shape) if with_bias else None
+  f = lambda x, w, b: (matmul(equation, x, w, dtype, bias=b).astype(jnp.float32) ** 2).sum()
+  ref = lambda x, w, b: ((jnp.einsum(equation, x, w) + (0 if b is None else b)) ** 2).sum()
+  argnums = (0, 1, 2) if with_bias else (0, 1)
+  for got, want in zip(jax.jit(jax.grad(f, argnums))(x, w, b), jax.grad(ref, argnums)(x, w, b)):
     assert got.shape == want.shape
     tol = 0.05 if dtype == jnp.bfloat16 else 1e-4
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=tol, atol=tol * np.abs(want).max())

@@ -31,6 +31,9 @@ def f32_pointwise(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
     return apply(*xs), xs
 
   def apply_bwd(xs, dy):
+    # The barrier keeps XLA from merging this recomputation with the forward pass's (CSE), which
+    # would keep the forward's f32 intermediates (GELU's tanh: [B, L, F] f32) alive until here.
+    xs = jax.lax.optimization_barrier(xs)
     _, vjp = jax.vjp(fn, *(x.astype(F32) for x in xs))
     return tuple(g.astype(x.dtype) for g, x in zip(vjp(dy.astype(F32)), xs))
 

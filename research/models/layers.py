@@ -31,52 +31,64 @@ def param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str], init: str |
   return nnx.Param(value, logical_axes=tuple(axes))
 
 
-def matmul(equation: str, x: jax.Array, w: jax.Array, dtype: jnp.dtype, out_dtype=None) -> jax.Array:
-  """The one place every weight matmul goes through: inputs in `dtype`, f32 accumulation, output in
-  `out_dtype` (default `dtype`; the output head asks for f32 logits).
+def matmul(equation: str, x: jax.Array, w: jax.Array, dtype: jnp.dtype, out_dtype=None,
+           bias: jax.Array | None = None) -> jax.Array:
+  """The one place every weight matmul goes through: inputs in `dtype`, f32 accumulation, plus
+  `bias` (broadcast over the output's leading axes) in f32, output in `out_dtype` (default `dtype`;
+  the output head asks for f32 logits).
 
   `equation` is 'x...,w->y' with x's leading axes kept ('...abc' style, as Dense builds) or the tied
   head's 'bld,vd->blv'. Every dtype goes through `_matmul_2d`, whose backward pass is written out
   (see there). The output is named 'matmul' for the remat policies.
   """
-  return checkpoint_name(_matmul(equation, x, w, dtype, out_dtype or dtype), "matmul")
+  return checkpoint_name(_matmul(equation, x, w, dtype, out_dtype or dtype, bias), "matmul")
 
 
-def _matmul(equation: str, x: jax.Array, w: jax.Array, dtype: jnp.dtype, out_dtype) -> jax.Array:
+def _matmul(equation: str, x: jax.Array, w: jax.Array, dtype: jnp.dtype, out_dtype, bias) -> jax.Array:
   if equation == "bld,vd->blv":
     lead, k = x.shape[:-1], x.shape[-1]
-    out = _matmul_2d(x.reshape(-1, k), w, True, jnp.dtype(dtype))
+    out = _matmul_2d(x.reshape(-1, k), w, None if bias is None else bias.reshape(-1), True, jnp.dtype(dtype))
     return out.reshape(lead + (w.shape[0],)).astype(out_dtype)
   n_in = len(equation.split(",")[0]) - 3       # x's contracted letters, after '...'
   lead, k = x.shape[:x.ndim - n_in], int(np.prod(x.shape[x.ndim - n_in:]))
   out_shape = w.shape[n_in:]
-  out = _matmul_2d(x.reshape(-1, k), w.reshape(k, -1), False, jnp.dtype(dtype))
+  out = _matmul_2d(x.reshape(-1, k), w.reshape(k, -1), None if bias is None else bias.reshape(-1), False,
+                   jnp.dtype(dtype))
   return out.reshape(lead + out_shape).astype(out_dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _matmul_2d(x_NxK, w, transposed: bool, dtype) -> jax.Array:
-  """[N, K] @ w ([K, M], or [M, K] when `transposed`) -> [N, M] float32, inputs cast to `dtype`."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _matmul_2d(x_NxK, w, b_M, transposed: bool, dtype) -> jax.Array:
+  """[N, K] @ w ([K, M], or [M, K] when `transposed`) (+ b_M) -> [N, M] float32, inputs cast to `dtype`.
+
+  The bias is added to the f32 accumulator here, so that adding it, rounding to the compute dtype
+  and (backward) summing its gradient share passes over the [N, M] array with the matmul's own
+  convert: a separate bf16 bias add cost ~10 ms of the default step (PERFORMANCE.md).
+  """
   dims = (((1,), (1,)), ((), ())) if transposed else (((1,), (0,)), ((), ()))
-  return jax.lax.dot_general(x_NxK.astype(dtype), w.astype(dtype), dims, preferred_element_type=jnp.float32)
+  y = jax.lax.dot_general(x_NxK.astype(dtype), w.astype(dtype), dims, preferred_element_type=jnp.float32)
+  return y if b_M is None else y + b_M.astype(jnp.float32)
 
 
-def _matmul_2d_fwd(x_NxK, w, transposed, dtype):
-  return _matmul_2d(x_NxK, w, transposed, dtype), (x_NxK, w)
+def _matmul_2d_fwd(x_NxK, w, b_M, transposed, dtype):
+  return _matmul_2d(x_NxK, w, b_M, transposed, dtype), (x_NxK, w, b_M)
 
 
 def _matmul_2d_bwd(transposed, dtype, residuals, dy_NxM):
   # Both gradients run in `dtype` with f32 accumulation, like the forward pass. Written as these
   # einsums (not autodiff's transposes), XLA CPU picks fast layouts: autodiff's own transposes of an
   # f32 einsum made it copy dy transposed and run the weight gradient 2.5x slower (PERFORMANCE.md).
-  x_NxK, w = residuals
+  x_NxK, w, b_M = residuals
   w_lp, dy_lp = w.astype(dtype), dy_NxM.astype(dtype)
   if transposed:   # w is [M, K]
     dx = jax.lax.dot_general(dy_lp, w_lp, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
   else:            # w is [K, M]
     dx = jax.lax.dot_general(dy_lp, w_lp, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
   dw = _weight_grad(x_NxK, dy_lp, dtype, transposed)
-  return dx.astype(x_NxK.dtype), dw.astype(w.dtype)
+  # The bias gradient sums the f32 cotangent: a long bf16 reduction became reduce-windows on XLA CPU
+  # that took ~25 ms each in the default step.
+  db = None if b_M is None else dy_NxM.astype(jnp.float32).sum(0).astype(b_M.dtype)
+  return dx.astype(x_NxK.dtype), dw.astype(w.dtype), db
 
 
 def _weight_grad(x_NxK: jax.Array, dy_NxM: jax.Array, dtype, transposed: bool) -> jax.Array:
@@ -106,26 +118,6 @@ def _weight_grad(x_NxK: jax.Array, dy_NxM: jax.Array, dtype, transposed: bool) -
 
 
 _matmul_2d.defvjp(_matmul_2d_fwd, _matmul_2d_bwd)
-
-
-@jax.custom_vjp
-def add_bias(y: jax.Array, b: jax.Array) -> jax.Array:
-  """y + b (b broadcast over y's leading axes, cast to y's dtype)."""
-  return y + b.astype(y.dtype)
-
-
-def _add_bias_fwd(y, b):
-  return add_bias(y, b), b
-
-
-def _add_bias_bwd(b, dy):
-  # Sum the bias gradient in f32: autodiff sums dy in its own dtype, and XLA CPU turns a long bf16
-  # reduction into reduce-windows that took ~25 ms each in the default step (1 ms this way).
-  db = dy.reshape(-1, b.size).astype(jnp.float32).sum(0)
-  return dy, db.reshape(b.shape).astype(b.dtype)
-
-
-add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
@@ -177,7 +169,5 @@ class Dense(nnx.Module):
     self.equation = f"...{ins},{ins}{outs}->...{outs}"
 
   def __call__(self, x: jax.Array, out_dtype=None) -> jax.Array:
-    y = matmul(self.equation, x, self.kernel[...], self.dtype, out_dtype)
-    if self.bias is not None:
-      y = add_bias(y, self.bias[...])
-    return y
+    bias = None if self.bias is None else self.bias[...]
+    return matmul(self.equation, x, self.kernel[...], self.dtype, out_dtype, bias)
