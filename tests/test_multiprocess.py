@@ -37,10 +37,13 @@ def setup(corpus_dir, tmp_path_factory):
   exp.write_text(f"import sys\nsys.path.insert(0, {ROOT!r})\nfrom tests.test_multiprocess import _config\n"
                  f"def get_config():\n  return _config({corpus_dir!r}, {str(d / 'cache')!r})\n")
   config = lambda: _config(corpus_dir, str(d / "cache"))
-  one, two = str(d / "one"), str(d / "two")
+  one, two, hybrid = str(d / "one"), str(d / "two"), str(d / "hybrid")
   train(config(), one, log=lambda *a: None)
   _launch(str(exp), two)
-  return {"exp": str(exp), "config": config, "one": one, "two": two, "dir": d}
+  # each process a granule of a hybrid (ici x dcn) mesh: data parallel across processes
+  hybrid_log = _launch(str(exp), hybrid, "--config.mesh.dcn_shape=(2,1,1)")
+  return {"exp": str(exp), "config": config, "one": one, "two": two, "hybrid": hybrid,
+          "hybrid_log": hybrid_log, "dir": d}
 
 def _launch(exp, workdir, *extra):
   env = dict(os.environ, PYTHONPATH=ROOT)
@@ -73,6 +76,15 @@ def test_two_processes_train_like_one(setup):
   # only process 0 writes metrics: one record per step, not two
   with open(os.path.join(setup["two"], "metrics.jsonl")) as f:
     assert sum('"loss"' in line for line in f) == STEPS
+
+def test_hybrid_mesh_across_processes_trains_like_one(setup):
+  """mesh.dcn_shape=(2,1,1): the data axis spans the two processes (as it would two TPU slices or
+  two GPU nodes), fsdp and tensor stay inside each; same losses as one process."""
+  assert "mesh.dcn_shape (2, 1, 1): processes per data index [[0], [1]]" in setup["hybrid_log"]
+  one, hybrid = _losses(setup["one"]), _losses(setup["hybrid"])
+  assert sorted(hybrid) == list(range(1, STEPS + 1))
+  _assert_same(one, hybrid, range(1, STEPS + 1))
+
 
 def test_one_process_checkpoint_resumes_in_two(setup):
   work = str(setup["dir"] / "one_then_two")

@@ -51,6 +51,15 @@ def test_meshes_match_single_device(parallel_cfg, shape):
   assert up.addressable_shards[0].data.shape == (32 // fsdp, 64 // tensor)
 
 
+def test_dcn_shape_errors_name_the_key():
+  """mesh.dcn_shape must match the granules (processes here: CPU devices carry no slice index)."""
+  with pytest.raises(ValueError, match=r"mesh.dcn_shape=\(2, 1, 1\) spans 2 granules, but the devices come from 1 processes"):
+    make_mesh((2, 2, 2), dcn_shape=(2, 1, 1))
+  with pytest.raises(ValueError, match=r"must divide mesh.shape=\(2, 2, 2\)"):
+    make_mesh((2, 2, 2), dcn_shape=(1, 1, 4))
+  assert make_mesh((2, 2, 2), dcn_shape=(1, 1, 1)).devices.shape == (2, 2, 2)
+
+
 def test_logical_rules_map_names_to_axes():
   mesh = make_mesh((2, 2, 2))
   assert logical_to_spec(("embed", "mlp"), DEFAULT_RULES, mesh) == jax.sharding.PartitionSpec("fsdp", "tensor")

@@ -128,5 +128,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1, 1)          # (data, fsdp, tensor); one entry may be -1 ("the rest")
+  # Granules (TPU slices; else processes) along each axis, joined by the data-centre network; each
+  # entry divides mesh.shape's. (2, 1, 1): two slices / nodes, data parallel between them.
+  c.mesh.dcn_shape = (1, 1, 1)
   c.mesh.rules = tuple((name, axes) for name, axes in DEFAULT_RULES)
   return c

@@ -28,7 +28,7 @@ def benchmark_train(cfg, steps: int, warmup: int) -> dict:
   validate_config(cfg, len(devices))
   if cfg.model.vocab_size == 0:  # the tokenizer's size, as in training (cheap once it is cached)
     resolve_vocab(cfg, build_pipeline(cfg.data, log=lambda *a: None).tokenizer)
-  program = build_program(cfg, make_mesh(cfg.mesh.shape, devices))
+  program = build_program(cfg, make_mesh(cfg.mesh.shape, devices, cfg.mesh.dcn_shape))
   state = program.init_state()
   step = program.compile_train_step()
   t, rng = cfg.train, np.random.default_rng(0)

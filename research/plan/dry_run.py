@@ -22,7 +22,7 @@ from research.models import count_params, flops_per_token
 from research.perf.compiled import compiler_flops, format_bytes, memory_report
 from research.plan.collectives import collectives_summary
 from research.plan.targets import PlanError, parse_target, tpu_devices
-from research.sharding.mesh import MESH_AXES, make_mesh, resolve_mesh_shape
+from research.sharding.mesh import make_mesh, resolve_mesh_shape
 from research.train.program import build_program
 
 # Per-chip ICI bandwidth (bytes/s, all links), from the Cloud TPU system-architecture pages.
@@ -43,11 +43,8 @@ def target_mesh(cfg, devices: list, slices: int) -> jax.sharding.Mesh:
     raise PlanError(f"mesh.shape={tuple(cfg.mesh.shape)} does not fit the target's {per_slice} devices per "
                     f"slice: {e}", 4) from None
   cfg.mesh.shape = (shape[0] * slices,) + tuple(shape[1:])
-  if slices == 1:
-    return make_mesh(shape, devices)
-  from jax.experimental import mesh_utils
-  grid = mesh_utils.create_hybrid_device_mesh(shape, (slices, 1, 1), devices)
-  return jax.sharding.Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+  cfg.mesh.dcn_shape = (slices, 1, 1)
+  return make_mesh(cfg.mesh.shape, devices, cfg.mesh.dcn_shape)
 
 
 def plan_for_target(cfg, target: str, slices: int = 1, gpus: int = 8) -> dict:

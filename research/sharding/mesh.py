@@ -36,8 +36,16 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...
   return shape
 
 
-def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None,
+              dcn_shape: Sequence[int] | None = None) -> jax.sharding.Mesh:
   """Builds the mesh over `devices` (default: all devices of all processes).
+
+  `shape` is the global mesh. `dcn_shape` (config `mesh.dcn_shape`; default all 1) splits each axis
+  across granules joined by the data-centre network: TPU slices (multi-slice) or, where devices
+  carry no slice index (GPU nodes, CPU processes), processes. Each granule then holds a contiguous
+  block of shape[i] / dcn_shape[i] along every axis, so collectives over the other axes stay on the
+  fast interconnect (MaxText's ici/dcn split; usually dcn_shape = (slices, 1, 1): data parallel
+  across slices).
 
   Axis types are Auto, deliberately: shardings come from our logical-axis rules on parameters,
   inputs and a few activation constraints, and XLA's sharding propagation fills in the rest
@@ -46,6 +54,28 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
   devices = list(jax.devices() if devices is None else devices)
   shape = resolve_mesh_shape(shape, len(devices))
   axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  dcn = tuple(int(d) for d in (dcn_shape or (1,) * len(MESH_AXES)))
+  if math.prod(dcn) > 1 or len(dcn) != len(MESH_AXES):
+    return jax.sharding.Mesh(hybrid_device_grid(shape, dcn, devices), MESH_AXES, axis_types=axis_types)
   if devices == list(jax.devices()):
     return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types)
   return jax.sharding.Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=axis_types)
+
+
+def hybrid_device_grid(shape: tuple[int, ...], dcn: tuple[int, ...], devices: list) -> np.ndarray:
+  """Devices arranged as `shape` with each granule (slice, else process) a block of shape / dcn."""
+  if len(dcn) != len(MESH_AXES) or any(d < 1 for d in dcn):
+    raise ValueError(f"mesh.dcn_shape={dcn}: needs {len(MESH_AXES)} positive entries, one per axis {MESH_AXES}")
+  if any(s % d for s, d in zip(shape, dcn)):
+    raise ValueError(f"mesh.dcn_shape={dcn} must divide mesh.shape={shape} axis by axis")
+  # Slices when the devices span several (TPU multi-slice); else processes (GPU nodes, CPU processes,
+  # whose devices report no slice index or all the same one).
+  by_slice = len({getattr(d, "slice_index", None) for d in devices}) > 1
+  granules = {d.slice_index if by_slice else d.process_index for d in devices}
+  if len(granules) != math.prod(dcn):
+    kind = "slices" if by_slice else "processes"
+    raise ValueError(f"mesh.dcn_shape={dcn} spans {math.prod(dcn)} granules, but the devices come from "
+                     f"{len(granules)} {kind}; make the product of mesh.dcn_shape {len(granules)}")
+  from jax.experimental import mesh_utils
+  ici = tuple(s // d for s, d in zip(shape, dcn))
+  return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=not by_slice)

@@ -92,7 +92,7 @@ def train(cfg, workdir: str, log=print, resume: str | int = "latest", dry_run: b
   pid, nproc = jax.process_index(), jax.process_count()
   is_main = pid == 0
   log = log if is_main else (lambda *a, **k: None)
-  mesh = make_mesh(cfg.mesh.shape, devices)
+  mesh = make_mesh(cfg.mesh.shape, devices, cfg.mesh.dcn_shape)
   t = cfg.train
 
   # ---------------------------------------------------------------- tokenizer (and data)
@@ -112,6 +112,9 @@ def train(cfg, workdir: str, log=print, resume: str | int = "latest", dry_run: b
   log("config:\n" + str(cfg))
   log(f"devices: {len(devices)} x {devices[0].device_kind} ({jax.default_backend()}), "
       f"{nproc} process(es); mesh {dict(mesh.shape)}")
+  if math.prod(cfg.mesh.dcn_shape) > 1:   # which processes hold each data-axis index
+    owners = [sorted({d.process_index for d in mesh.devices[i].flat}) for i in range(mesh.shape["data"])]
+    log(f"mesh.dcn_shape {tuple(cfg.mesh.dcn_shape)}: processes per data index {owners}")
   log(f"model: {cfg.model.family}, {n_params:,} parameters, {fpt / 1e6:.2f} MFLOPs/token "
       f"(training, causal attention halved); peak {peak / 1e9:.0f} GFLOP/s ({peak_source})")
 
