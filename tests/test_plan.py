@@ -144,3 +144,57 @@ def test_gpu_target_reports_an_analytic_estimate(tmp_path):
   assert ok.returncode == 0 and "analytic estimate" in ok.stdout and "FITS" in ok.stdout, ok.stdout + ok.stderr
   small = run("--target=a100-40", "--target_devices=1", "--config.mesh.shape=(1,1,1)")
   assert small.returncode == 3 and "DOES NOT FIT" in small.stdout, small.stdout + small.stderr
+
+
+# The shape of libtpu's optimized HLO for a windowed (collective-matmul) einsum inside the scan over
+# layers: an async collective-permute in an 8-trip loop nested in a 32-trip loop, an all-gather in the
+# outer body only. Trimmed from a real v5p:2x2x4 compile of Llama 3 8B.
+_NESTED_LOOPS_HLO = """
+%inner_cond (p.0: (u32[], bf16[4,8])) -> pred[] {
+  %c.8 = u32[]{:T(128)} constant(8)
+  %p.0 = (u32[]{:T(128)}, bf16[4,8]{1,0}) parameter(0)
+  %i.0 = u32[]{:T(128)} get-tuple-element(%p.0), index=0
+  ROOT %lt.0 = pred[]{:T(512)} compare(%i.0, %c.8), direction=LT
+}
+
+%inner_body (p.1: (u32[], bf16[4,8])) -> (u32[], bf16[4,8]) {
+  %p.1 = (u32[]{:T(128)}, bf16[4,8]{1,0}) parameter(0)
+  %x.1 = bf16[4,8]{1,0:T(8,128)(2,1)} get-tuple-element(%p.1), index=1
+  %collective-permute-start.4 = (bf16[4,8]{1,0:T(8,128)(2,1)}, bf16[4,8]{1,0:T(8,128)(2,1)}, u32[]{:S(2)}, u32[]{:S(2)}) collective-permute-start(%x.1), channel_id=15, source_target_pairs={{0,1},{1,0}}
+  %collective-permute-done.4 = bf16[4,8]{1,0:T(8,128)(2,1)} collective-permute-done(%collective-permute-start.4)
+  %i.1 = u32[]{:T(128)} get-tuple-element(%p.1), index=0
+  ROOT %t.1 = (u32[]{:T(128)}, bf16[4,8]{1,0}) tuple(%i.1, %collective-permute-done.4)
+}
+
+%outer_cond (p.2: (s32[], bf16[4,8])) -> pred[] {
+  %c.32 = s32[]{:T(128)} constant(32)
+  %p.2 = (s32[]{:T(128)}, bf16[4,8]{1,0}) parameter(0)
+  %i.2 = s32[]{:T(128)} get-tuple-element(%p.2), index=0
+  ROOT %lt.2 = pred[]{:T(512)} compare(%i.2, %c.32), direction=LT
+}
+
+%outer_body (p.3: (s32[], bf16[4,8])) -> (s32[], bf16[4,8]) {
+  %p.3 = (s32[]{:T(128)}, bf16[4,8]{1,0}) parameter(0)
+  %x.3 = bf16[4,8]{1,0} get-tuple-element(%p.3), index=1
+  %all-gather.1 = bf16[8,8]{1,0} all-gather(%x.3), channel_id=3, replica_groups={{0,1}}, dimensions={0}
+  %w.3 = (u32[]{:T(128)}, bf16[4,8]{1,0}) while(%tuple.9), condition=%inner_cond, body=%inner_body
+  %i.3 = s32[]{:T(128)} get-tuple-element(%p.3), index=0
+  ROOT %t.3 = (s32[]{:T(128)}, bf16[4,8]{1,0}) tuple(%i.3, %x.3)
+}
+
+ENTRY %main (a: bf16[4,8]) -> bf16[4,8] {
+  %a = bf16[4,8]{1,0} parameter(0)
+  %w.4 = (s32[]{:T(128)}, bf16[4,8]{1,0}) while(%tuple.10), condition=%outer_cond, body=%outer_body
+  ROOT %all-reduce.5 = bf16[4,8]{1,0} all-reduce(%a), channel_id=5, replica_groups={{0,1}}, to_apply=%add
+}
+"""
+
+
+def test_collectives_count_nested_loop_trips():
+  """Per step = instructions x the product of the enclosing loops' bounds; bytes = each result's size
+  (the async permute's result half of its tuple) times that count."""
+  from research.plan.collectives import collectives_summary
+  s = collectives_summary(_NESTED_LOOPS_HLO)
+  assert s["collective-permute"] == {"instructions": 1, "per_step": 32 * 8, "bytes_per_step": 32 * 8 * 4 * 8 * 2}
+  assert s["all-gather"] == {"instructions": 1, "per_step": 32, "bytes_per_step": 32 * 8 * 8 * 2}
+  assert s["all-reduce"] == {"instructions": 1, "per_step": 1, "bytes_per_step": 4 * 8 * 2}
