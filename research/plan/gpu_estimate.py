@@ -128,4 +128,4 @@ def format_gpu_report(r: dict) -> str:
       ("FITS with " + f(int(r["margin_bytes"])) + " to spare") if r["fits"] else
       f"DOES NOT FIT: {f(int(-r['margin_bytes']))} over",
       f"model FLOPs per step {r['model_flops_per_step']:.3e}: {r['step_seconds_at_peak']:.3f}s per step at 100% MFU "
-      "(the estimate has been within 15% of XLA's compiled figures for the pod presets; see PERFORMANCE.md)"])
+      "(an estimate: -30% to +19% against XLA's compiled TPU figures for the pod presets; see PERFORMANCE.md)"])
