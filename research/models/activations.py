@@ -3,8 +3,8 @@
 XLA CPU has no bf16 vector arithmetic: a bf16 GELU is converted element by element around every op,
 and its autodiff backward again. On the default model's [4096, 1024] hidden layer `jax.nn.gelu` in
 bf16 took 5.2 ms forward and 10.1 ms forward+backward; the same GELU in f32 (inputs and output in
-bf16) 1.8 and 2.1 ms (PERFORMANCE.md). GPU and TPU compute bf16 elementwise math in f32 anyway, so
-the numbers match what they do.
+bf16) 1.8 and 2.1 ms (PERFORMANCE.md). On GPU and TPU this elementwise work is memory-bound, so f32
+math costs little there, and it is the more accurate choice everywhere.
 
 `f32_pointwise` saves only the (compute-dtype) inputs for the backward pass and recomputes the
 function there inside one fused loop, rather than keeping autodiff's f32 intermediates (a [B, L, F]
