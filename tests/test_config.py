@@ -42,6 +42,8 @@ def test_override_errors(override, message):
     (dict(optimizer=dict(learning_rate=1e-3, final_learning_rate=1e-2)), "must not exceed"),
     (dict(train=dict(nonfinite="ignore")), "train.nonfinite='ignore' is not one of stop, skip"),
     (dict(mesh=dict(rules=(("embed", "model"),))), "names mesh axis 'model'"),
+    (dict(mesh=dict(shape=(8, 1, 1), dcn_shape=(3, 1, 1))), r"mesh.dcn_shape=\(3, 1, 1\) must divide mesh.shape=\(8, 1, 1\)"),
+    (dict(mesh=dict(dcn_shape=(2, 1))), r"mesh.dcn_shape=\(2, 1\): needs 3 positive integers"),
 ])
 def test_validation_errors(change, message):
   cfg = _valid()

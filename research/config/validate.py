@@ -9,7 +9,7 @@ from typing import Any
 import ml_collections
 
 from research.config.base import base_config
-from research.sharding.mesh import MESH_AXES, resolve_mesh_shape
+from research.sharding.mesh import MESH_AXES, check_dcn_shape, resolve_mesh_shape
 
 
 class ConfigError(ValueError):
@@ -135,12 +135,10 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int, need_data:
     shape = resolve_mesh_shape(cfg.mesh.shape, num_devices)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  dcn = tuple(cfg.mesh.get("dcn_shape", (1,) * len(MESH_AXES)))
-  if len(dcn) != len(MESH_AXES) or any(not isinstance(d, int) or d < 1 for d in dcn):
-    raise ConfigError(f"mesh.dcn_shape={dcn}: needs {len(MESH_AXES)} positive integers, one per axis {MESH_AXES}")
-  if any(s % d for s, d in zip(shape, dcn)):
-    raise ConfigError(f"mesh.dcn_shape={dcn} must divide mesh.shape={shape} axis by axis (it says how many "
-                      f"slices / processes each axis spans)")
+  try:
+    check_dcn_shape(shape, cfg.mesh.get("dcn_shape", (1,) * len(MESH_AXES)))
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   batch_shards = shape[MESH_AXES.index("data")] * shape[MESH_AXES.index("fsdp")]
   micro = t.batch_size // t.microbatches
   if micro % batch_shards:

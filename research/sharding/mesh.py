@@ -41,8 +41,8 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None,
   """Builds the mesh over `devices` (default: all devices of all processes).
 
   `shape` is the global mesh. `dcn_shape` (config `mesh.dcn_shape`; default all 1) splits each axis
-  across granules joined by the data-centre network: TPU slices (multi-slice) or, where devices
-  carry no slice index (GPU nodes, CPU processes), processes. Each granule then holds a contiguous
+  across granules joined by the data-centre network: TPU slices (multi-slice) or, when the devices
+  are all in one slice (GPU nodes, CPU processes), processes. Each granule then holds a contiguous
   block of shape[i] / dcn_shape[i] along every axis, so collectives over the other axes stay on the
   fast interconnect (MaxText's ici/dcn split; usually dcn_shape = (slices, 1, 1): data parallel
   across slices).
@@ -62,12 +62,20 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None,
   return jax.sharding.Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=axis_types)
 
 
+def check_dcn_shape(shape: Sequence[int], dcn: Sequence) -> None:
+  """Raises ValueError (naming `mesh.dcn_shape`) unless `dcn` has one positive int per axis, each
+  dividing the resolved global `shape`'s entry."""
+  dcn = tuple(dcn)
+  if len(dcn) != len(MESH_AXES) or any(not isinstance(d, int) or d < 1 for d in dcn):
+    raise ValueError(f"mesh.dcn_shape={dcn}: needs {len(MESH_AXES)} positive integers, one per axis {MESH_AXES}")
+  if any(s % d for s, d in zip(shape, dcn)):
+    raise ValueError(f"mesh.dcn_shape={dcn} must divide mesh.shape={tuple(shape)} axis by axis (it says how "
+                     f"many slices / processes each axis spans)")
+
+
 def hybrid_device_grid(shape: tuple[int, ...], dcn: tuple[int, ...], devices: list) -> np.ndarray:
   """Devices arranged as `shape` with each granule (slice, else process) a block of shape / dcn."""
-  if len(dcn) != len(MESH_AXES) or any(d < 1 for d in dcn):
-    raise ValueError(f"mesh.dcn_shape={dcn}: needs {len(MESH_AXES)} positive entries, one per axis {MESH_AXES}")
-  if any(s % d for s, d in zip(shape, dcn)):
-    raise ValueError(f"mesh.dcn_shape={dcn} must divide mesh.shape={shape} axis by axis")
+  check_dcn_shape(shape, dcn)
   # Slices when the devices span several (TPU multi-slice); else processes (GPU nodes, CPU processes,
   # whose devices report no slice index or all the same one).
   by_slice = len({getattr(d, "slice_index", None) for d in devices}) > 1
