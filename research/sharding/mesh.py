@@ -54,7 +54,7 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None,
   devices = list(jax.devices() if devices is None else devices)
   shape = resolve_mesh_shape(shape, len(devices))
   axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-  dcn = tuple(int(d) for d in (dcn_shape or (1,) * len(MESH_AXES)))
+  dcn = tuple(dcn_shape or (1,) * len(MESH_AXES))
   if math.prod(dcn) > 1 or len(dcn) != len(MESH_AXES):
     return jax.sharding.Mesh(hybrid_device_grid(shape, dcn, devices), MESH_AXES, axis_types=axis_types)
   if devices == list(jax.devices()):
