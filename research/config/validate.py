@@ -41,7 +41,7 @@ POSITIVE = ("model.max_seq_len", "model.num_layers", "model.embed_dim", "model.n
             "train.microbatches", "train.log_every", "data.vocab_size", "data.spm_max_documents",
             "checkpoint.keep_last")
 NON_NEGATIVE = ("model.vocab_size", "model.num_kv_heads", "model.head_dim", "model.mlp_dim",
-                "train.eval_every", "train.eval_batches", "train.sample_at_end",
+                "train.eval_every", "train.eval_batches", "train.loss_chunks", "train.sample_at_end",
                 "train.sample_tokens", "optimizer.warmup_steps", "optimizer.decay_steps",
                 "optimizer.weight_decay", "optimizer.grad_clip_norm", "model.dropout",
                 "optimizer.final_learning_rate", "data.num_workers", "data.read_threads",
@@ -130,6 +130,9 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int, need_data:
                       f"{m.max_seq_len}")
   if t.batch_size % t.microbatches:
     raise ConfigError(f"train.microbatches={t.microbatches} must divide train.batch_size={t.batch_size}")
+  if t.loss_chunks and t.seq_len % t.loss_chunks:
+    raise ConfigError(f"train.loss_chunks={t.loss_chunks} must divide train.seq_len={t.seq_len} "
+                      "(0: the unfused output head and loss)")
 
   try:
     shape = resolve_mesh_shape(cfg.mesh.shape, num_devices)

@@ -105,13 +105,31 @@ class DecoderLM(nnx.Module):
 
   def __call__(self, tokens_BxL: jax.Array, *, positions: jax.Array | None = None,
                segment_ids: jax.Array | None = None, dropout_rng: jax.Array | None = None) -> jax.Array:
+    x_BxLxD = self.hidden_states(tokens_BxL, positions=positions, segment_ids=segment_ids,
+                                 dropout_rng=dropout_rng)
+    # Logits leave the f32 accumulator as f32: rounding them to the compute dtype first cost the
+    # softmax precision and a [B, L, V] convert each way.
+    if self.lm_head is None:
+      logits_BxLxV = matmul("bld,vd->blv", x_BxLxD, self.embed.embedding[...], self.dtype, jnp.float32)
+    else:
+      logits_BxLxV = self.lm_head(x_BxLxD, out_dtype=jnp.float32)
+    return constrain(logits_BxLxV, ("act_batch", "act_length", "act_vocab"))
+
+  def head_weight(self) -> tuple[jax.Array, bool]:
+    """(the output head's weight, transposed): the tied [V, D] table (True) or the [D, V] kernel."""
+    if self.lm_head is None:
+      return self.embed.embedding[...], True
+    return self.lm_head.kernel[...], False
+
+  def hidden_states(self, tokens_BxL: jax.Array, *, positions: jax.Array | None = None,
+                    segment_ids: jax.Array | None = None, dropout_rng: jax.Array | None = None) -> jax.Array:
+    """[B, L, D] in the compute dtype: the blocks' output after the final norm (the head's input)."""
     b, l = tokens_BxL.shape
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
-    table_VxD = self.embed.embedding[...]
     # Gather from a table whole along D (as FSDP gathers weights anyway): a lookup into a D-sharded
     # table makes XLA's partitioner replicate the result ("involuntary full rematerialization").
-    lookup_VxD = constrain(table_VxD, ("vocab", None))
+    lookup_VxD = constrain(self.embed.embedding[...], ("vocab", None))
     x_BxLxD = jnp.take(lookup_VxD, tokens_BxL, axis=0).astype(self.dtype)
     if self.pos_embed is not None:
       pos_table = constrain(self.pos_embed.embedding[...], ("positions", None))
@@ -121,14 +139,7 @@ class DecoderLM(nnx.Module):
     x_BxLxD = dropout(x_BxLxD, self.cfg.dropout, None if rngs is None else rngs[n])
     x_BxLxD = constrain(x_BxLxD, ("act_batch", "act_length", "act_embed"))
     x_BxLxD = self._run_blocks(x_BxLxD, positions, segment_ids, None if rngs is None else rngs[:n])
-    x_BxLxD = self.final_norm(x_BxLxD)
-    # Logits leave the f32 accumulator as f32: rounding them to the compute dtype first cost the
-    # softmax precision and a [B, L, V] convert each way.
-    if self.lm_head is None:
-      logits_BxLxV = matmul("bld,vd->blv", x_BxLxD, table_VxD, self.dtype, jnp.float32)
-    else:
-      logits_BxLxV = self.lm_head(x_BxLxD, out_dtype=jnp.float32)
-    return constrain(logits_BxLxV, ("act_batch", "act_length", "act_vocab"))
+    return self.final_norm(x_BxLxD)
 
   def _run_blocks(self, x_BxLxD, positions_BxL, segment_ids_BxL, rngs_N):
     """The blocks in order, each under the remat policy; a lax.scan when they are stacked."""

@@ -57,7 +57,8 @@ class TrainProgram:
   def compile_train_step(self, batch_size: int | None = None, seq_len: int | None = None) -> Callable:
     """Lowers and compiles ahead of time: (state, batch) -> (state, metrics); the state is donated."""
     t = self.cfg.train
-    step = jax.jit(make_train_step(self.graphdef, self.optimizer, self.schedule, t.microbatches),
+    step = jax.jit(make_train_step(self.graphdef, self.optimizer, self.schedule, t.microbatches,
+                                   t.loss_chunks),
                    in_shardings=(self.shardings, self.batch_sharding),
                    out_shardings=(self.shardings, self.replicated), donate_argnums=0)
     with activation_rules(self.mesh, self.rules):
@@ -67,8 +68,8 @@ class TrainProgram:
 
   def eval_step(self) -> Callable:
     """(params, batch) -> (loss sum, weight sum), jitted with the params' shardings."""
-    fn = jax.jit(make_eval_step(self.graphdef), in_shardings=(self.shardings.params, self.batch_sharding),
-                 out_shardings=self.replicated)
+    fn = jax.jit(make_eval_step(self.graphdef, self.cfg.train.loss_chunks),
+                 in_shardings=(self.shardings.params, self.batch_sharding), out_shardings=self.replicated)
 
     def run(params, batch):
       with activation_rules(self.mesh, self.rules):

@@ -13,19 +13,31 @@ import optax
 from flax import nnx
 
 from research.sharding import constrain
+from research.train.head_loss import head_cross_entropy
 from research.train.state import TrainState
 
 MODEL_INPUTS = ("positions", "segment_ids")
 
 
-def loss_sums(graphdef, params, batch, dropout_rng) -> tuple[jax.Array, jax.Array]:
-  """(sum of token cross-entropies, sum of weights), both float32."""
+def loss_sums(graphdef, params, batch, dropout_rng, loss_chunks: int = 1) -> tuple[jax.Array, jax.Array]:
+  """(sum of weighted token cross-entropies, sum of weights), both float32.
+
+  `loss_chunks` >= 1 runs the output head fused with the cross-entropy in that many chunks along the
+  sequence (`head_loss.head_cross_entropy`: no [B, L, V] logits kept for the backward); 0 computes
+  the full f32 logits and optax's cross-entropy (the plain reference path).
+  """
   model = nnx.merge(graphdef, params)
   extra = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-  logits_BxLxV = model(batch["inputs"], dropout_rng=dropout_rng, **extra)
-  losses_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch["targets"])
   weights_BxL = batch["weights"].astype(jnp.float32)
-  return (losses_BxL * weights_BxL).sum(), weights_BxL.sum()
+  if loss_chunks == 0:
+    logits_BxLxV = model(batch["inputs"], dropout_rng=dropout_rng, **extra)
+    losses_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch["targets"])
+    return (losses_BxL * weights_BxL).sum(), weights_BxL.sum()
+  x_BxLxD = model.hidden_states(batch["inputs"], dropout_rng=dropout_rng, **extra)
+  head, transposed = model.head_weight()
+  loss_sum = head_cross_entropy(x_BxLxD, head, batch["targets"], weights_BxL, transposed=transposed,
+                                dtype=model.dtype, chunks=loss_chunks)
+  return loss_sum, weights_BxL.sum()
 
 
 def _split_microbatches(batch, num: int):
@@ -40,7 +52,7 @@ def _split_microbatches(batch, num: int):
 
 
 def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                    microbatches: int = 1) -> Callable:
+                    microbatches: int = 1, loss_chunks: int = 1) -> Callable:
   """Returns train_step(state, batch) -> (state, metrics).
 
   The gradient is the mean over all weighted tokens of the global batch, accumulated over
@@ -48,7 +60,7 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule:
   loss or gradient is not finite is not applied (params and optimizer state stay as they were);
   `metrics['finite']` tells the host, which stops or counts per `train.nonfinite`.
   """
-  grad_fn = jax.value_and_grad(lambda p, b, r: loss_sums(graphdef, p, b, r), has_aux=True)
+  grad_fn = jax.value_and_grad(lambda p, b, r: loss_sums(graphdef, p, b, r, loss_chunks), has_aux=True)
 
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -88,10 +100,10 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule:
   return train_step
 
 
-def make_eval_step(graphdef) -> Callable:
+def make_eval_step(graphdef, loss_chunks: int = 1) -> Callable:
   """eval_step(params, batch) -> (loss sum, weight sum), summed over the batch for exact averaging."""
 
   def eval_step(params, batch):
-    return loss_sums(graphdef, params, batch, None)
+    return loss_sums(graphdef, params, batch, None, loss_chunks)
 
   return eval_step
