@@ -47,6 +47,8 @@ def get_config():
   c.train.log_every = 20
   c.train.eval_every = 100
   c.train.eval_batches = 20
+  c.train.loss_chunks = 8              # fused head + loss in 8 chunks: ~20 ms/step faster on a CPU
+                                       # (one device; on a mesh each chunk reduces the head's gradient)
 
   c.optimizer.learning_rate = 2e-3
   c.optimizer.final_learning_rate = 2e-4
