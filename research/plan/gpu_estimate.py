@@ -73,7 +73,10 @@ def estimate_memory(cfg, mesh_shape, num_devices: int) -> dict:
   kept, layer_set = _per_token_layer(cfg, cfg.model.remat, shape["tensor"])
   activations = tokens * (layers * kept + (layer_set if cfg.model.remat != "none" else 0))
   vocab = cfg.model.vocab_size
-  logits = tokens * vocab / shape["tensor"] * 4 * 3   # f32 logits, their softmax and gradient
+  # The plain path (train.loss_chunks=0) keeps f32 logits, their softmax and gradient; the fused head
+  # (train/head_loss.py) holds one chunk's f32 logits and exponentials and its gradient at a time.
+  chunks = t.loss_chunks
+  logits = tokens * vocab / shape["tensor"] * (4 * 3 if chunks == 0 else (4 + 4 + a_bytes) / chunks)
   report = {"params": sharded * p_bytes, "optimizer_state": 2 * sharded * p_bytes, "gradients": sharded * 4,
             # two layers' gathered weights in flight (the one computing, the next being fetched)
             "gathered_weights": 2 * blocks_tensor_split / layers * a_bytes if shape["fsdp"] > 1 else 0.0,
