@@ -86,8 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 32        # global batch, in sequences
   c.train.seq_len = 256
   c.train.microbatches = 1       # gradient accumulation: the batch is split into this many steps
-  c.train.loss_chunks = 1        # output head + cross-entropy fused, in this many chunks along the
-                                 # sequence (no [B, L, V] logits kept); 0: plain f32 logits + optax
+  c.train.loss_chunks = 0        # >= 1: output head + cross-entropy fused, in this many chunks along
+                                 # the sequence (no [B, L, V] logits kept); 0: f32 logits + optax
   c.train.log_every = 10
   c.train.eval_every = 200       # 0: only at the end
   c.train.eval_batches = 20      # batches of train.batch_size sequences per evaluation (0: whole split)

@@ -19,7 +19,7 @@ from research.train.state import TrainState
 MODEL_INPUTS = ("positions", "segment_ids")
 
 
-def loss_sums(graphdef, params, batch, dropout_rng, loss_chunks: int = 1) -> tuple[jax.Array, jax.Array]:
+def loss_sums(graphdef, params, batch, dropout_rng, loss_chunks: int = 0) -> tuple[jax.Array, jax.Array]:
   """(sum of weighted token cross-entropies, sum of weights), both float32.
 
   `loss_chunks` >= 1 runs the output head fused with the cross-entropy in that many chunks along the
@@ -52,7 +52,7 @@ def _split_microbatches(batch, num: int):
 
 
 def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                    microbatches: int = 1, loss_chunks: int = 1) -> Callable:
+                    microbatches: int = 1, loss_chunks: int = 0) -> Callable:
   """Returns train_step(state, batch) -> (state, metrics).
 
   The gradient is the mean over all weighted tokens of the global batch, accumulated over
@@ -100,7 +100,7 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule:
   return train_step
 
 
-def make_eval_step(graphdef, loss_chunks: int = 1) -> Callable:
+def make_eval_step(graphdef, loss_chunks: int = 0) -> Callable:
   """eval_step(params, batch) -> (loss sum, weight sum), summed over the batch for exact averaging."""
 
   def eval_step(params, batch):
