@@ -27,8 +27,9 @@ def _batch(seed=0, batch=8, length=32):
           "positions": positions.astype(np.int32), "segment_ids": segments}
 
 
-@pytest.mark.parametrize("microbatches", [2, 4])
-def test_accumulation_equals_large_batch(tiny_cfg, microbatches):
+@pytest.mark.parametrize("microbatches,loss_chunks", [(2, 0), (4, 0), (2, 4)])
+def test_accumulation_equals_large_batch(tiny_cfg, microbatches, loss_chunks):
+  tiny_cfg.train.loss_chunks = loss_chunks  # 4: the fused head + loss inside the accumulation loop
   results = []
   for m in (1, microbatches):
     program = _program(tiny_cfg, m, shape=(2, 2, 2))
