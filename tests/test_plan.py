@@ -136,6 +136,23 @@ def test_analytic_estimate_matches_compiled_tpu_memory():
   assert 0.8 < estimate["total"] / compiled["total"] < 1.2, (estimate["total"], compiled["total"])
 
 
+@pytest.mark.parametrize("remat", ["none", "dots_saveable"])
+def test_analytic_estimate_flash_attention_keeps_no_probabilities(remat):
+  """attention_impl=cudnn: the [H, L] terms per token and layer go (xla keeps them), nothing else moves."""
+  from research.plan.gpu_estimate import estimate_memory
+  cfg = _mid_llama((1, 8, 1), remat)
+  xla = estimate_memory(cfg, (1, 8, 1), 8)
+  cfg.model.attention_impl = "cudnn"
+  flash = estimate_memory(cfg, (1, 8, 1), 8)
+  tokens, h, length, layers = 16 * 512 / 8, 8, 512, 4
+  full_set = (2 + 1) * h * length - 4 * h      # bf16 probabilities + 1 byte, vs the f32 log-sum-exp
+  # every layer's kept set, plus (under remat) the recomputed layer's full set
+  expected = tokens * (full_set * layers if remat == "none" else 4 * h * length * layers + full_set)
+  assert xla["activations"] - flash["activations"] == pytest.approx(expected)
+  assert {k: v for k, v in xla.items() if k not in ("activations", "total")} == \
+         {k: v for k, v in flash.items() if k not in ("activations", "total")}
+
+
 def test_gpu_target_reports_an_analytic_estimate(tmp_path):
   settings = ("  c.model.scan_layers, c.model.remat, c.model.dtype = True, 'full', 'bfloat16'\n"
               "  c.train.batch_size, c.train.seq_len = 8, 4096\n")

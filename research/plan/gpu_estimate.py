@@ -13,6 +13,8 @@ terms are split over T, width-D terms are not):
   dots_saveable          3aD + (a((H+2K)Dh + F(1, swiglu 2)) + 4 H L) / T
   dots_no_batch_saveable 3aD + a((H+2K)Dh + F(1, swiglu 2)) / T
   attn/mlp_out_saveable  2aD; both: 3aD;   full: aD
+With model.attention_impl=cudnn (flash attention) the [H, L] terms become 4H (its f32 log-sum-exp) in
+'none' and 0 in dots_saveable: not checked against a compile (none exists for CUDA without a GPU).
 plus, for any remat policy, one layer's full set while it is recomputed. Logits: 3 f32 copies of
 [tokens, V / T]. Gradients: f32, sharded like the parameters. FSDP: two layers' weights gathered.
 Tokens per device = batch / microbatches x seq / (data x fsdp).
@@ -42,9 +44,15 @@ def _per_token_layer(cfg, policy: str, tensor: int) -> tuple[float, float]:
   gated = m.mlp_activation == "swiglu"
   length = cfg.train.seq_len
   split = lambda x: x / tensor
-  full = a * 7 * d + split(a * (2 * (h + 2 * k) * dh + h * dh + f * (4 if gated else 2)) + (a + 1) * h * length)
+  if m.attention_impl == "cudnn":
+    # Flash attention keeps no [H, L] probabilities: only its f32 log-sum-exp per head, and under
+    # dots_saveable it is recomputed (a custom call, not a dot), so nothing [H, L]-sized is saved.
+    probs_none, scores_dots = 4 * h, 0
+  else:
+    probs_none, scores_dots = (a + 1) * h * length, 4 * h * length
+  full = a * 7 * d + split(a * (2 * (h + 2 * k) * dh + h * dh + f * (4 if gated else 2)) + probs_none)
   dots = a * 3 * d + split(a * ((h + 2 * k) * dh + f * (2 if gated else 1)))
-  kept = {"none": full, "dots_saveable": dots + split(4 * h * length), "dots_no_batch_saveable": dots,
+  kept = {"none": full, "dots_saveable": dots + split(scores_dots), "dots_no_batch_saveable": dots,
           "attn_out_saveable": 2 * a * d, "mlp_out_saveable": 2 * a * d, "attn_mlp_out_saveable": 3 * a * d,
           "full": a * d}[policy]
   return kept, full
