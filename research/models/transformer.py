@@ -109,14 +109,14 @@ class DecoderLM(nnx.Module):
                                  dropout_rng=dropout_rng)
     # Logits leave the f32 accumulator as f32: rounding them to the compute dtype first cost the
     # softmax precision and a [B, L, V] convert each way.
-    if self.lm_head is None:
-      logits_BxLxV = matmul("bld,vd->blv", x_BxLxD, self.embed.embedding[...], self.dtype, jnp.float32)
-    else:
-      logits_BxLxV = self.lm_head(x_BxLxD, out_dtype=jnp.float32)
+    w, transposed = self.head_weight()
+    equation = "bld,vd->blv" if transposed else self.lm_head.equation
+    logits_BxLxV = matmul(equation, x_BxLxD, w, self.dtype, jnp.float32)
     return constrain(logits_BxLxV, ("act_batch", "act_length", "act_vocab"))
 
   def head_weight(self) -> tuple[jax.Array, bool]:
-    """(the output head's weight, transposed): the tied [V, D] table (True) or the [D, V] kernel."""
+    """(the output head's weight, transposed): the tied [V, D] table (True) or the [D, V] kernel
+    (bias-free). The one place that knows which head the model has."""
     if self.lm_head is None:
       return self.embed.embedding[...], True
     return self.lm_head.kernel[...], False

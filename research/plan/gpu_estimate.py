@@ -13,11 +13,12 @@ terms are split over T, width-D terms are not):
   dots_saveable          3aD + (a((H+2K)Dh + F(1, swiglu 2)) + 4 H L) / T
   dots_no_batch_saveable 3aD + a((H+2K)Dh + F(1, swiglu 2)) / T
   attn/mlp_out_saveable  2aD; both: 3aD;   full: aD
+plus, for any remat policy, one layer's full set while it is recomputed. Logits: 3 f32 copies of
+[tokens, V / T] (train.loss_chunks=N >= 1, the fused head: two f32 copies and the gradient of
+[tokens / N, V / T]). Gradients: f32, sharded like the parameters. FSDP: two layers' weights gathered.
+Tokens per device = batch / microbatches x seq / (data x fsdp).
 With model.attention_impl=cudnn (flash attention) the [H, L] terms become 4H (its f32 log-sum-exp) in
 'none' and 0 in dots_saveable: not checked against a compile (none exists for CUDA without a GPU).
-plus, for any remat policy, one layer's full set while it is recomputed. Logits: 3 f32 copies of
-[tokens, V / T]. Gradients: f32, sharded like the parameters. FSDP: two layers' weights gathered.
-Tokens per device = batch / microbatches x seq / (data x fsdp).
 """
 from __future__ import annotations
 

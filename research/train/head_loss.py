@@ -8,9 +8,9 @@ those by the loss's cotangent. Only the gradients ([B, L, D] and the head's shap
 forward pass. Forward-only use (evaluation) runs the primal: chunked logits and log-sum-exp.
 
 Why: on XLA CPU the unfused head + optax cross-entropy made ~6 passes over f32 [B, L, V] arrays
-(memory-bound, ~10 GB/s here) and ran its [B*L, V] matmuls at a third of their rate because of the
-64 MB outputs; for the default model the head + loss forward+backward fell from ~55 to ~30 ms
-(PERFORMANCE.md). On any backend it frees the f32 logits (B*L*V*4 bytes; 4 GiB for Llama 3's
+(memory-bound, ~13-15 GB/s per core here) and ran its [B*L, V] logits matmul at a third of its rate
+because of the 64 MB output; for the default model the head + loss forward+backward fell from 55-77
+to 39 ms with 8 chunks (PERFORMANCE.md). On any backend it frees the f32 logits (B*L*V*4 bytes; 4 GiB for Llama 3's
 128k vocabulary at 8k tokens per device), which is what "vocab tiling" / fused linear
 cross-entropy implementations do.
 
@@ -56,11 +56,15 @@ def head_cross_entropy(x_BxLxD: jax.Array, w: jax.Array, targets_BxL: jax.Array,
   return _head_ce(x_BxLxD, w, targets_BxL, weights_BxL.astype(F32), static)
 
 
-def _to_chunks(a_BxL, chunks: int):
-  """[B, L, ...] -> [C, B * L/C, ...]: chunk c holds positions [c L/C, (c+1) L/C) of every row."""
-  b, l = a_BxL.shape[:2]
-  a = a_BxL.reshape((b, chunks, l // chunks) + a_BxL.shape[2:])
-  return jnp.moveaxis(a, 1, 0).reshape((chunks, b * (l // chunks)) + a_BxL.shape[2:])
+def _to_chunks(arrays_BxL, chunks: int) -> tuple:
+  """Each [B, L, ...] -> [C, B * L/C, ...]: chunk c holds positions [c L/C, (c+1) L/C) of every row."""
+
+  def split(a):
+    b, l = a.shape[:2]
+    a = a.reshape((b, chunks, l // chunks) + a.shape[2:])
+    return jnp.moveaxis(a, 1, 0).reshape((chunks, b * (l // chunks)) + a.shape[3:])
+
+  return tuple(split(a) for a in arrays_BxL)
 
 
 def _from_chunks(a_CxNx, b: int):
@@ -101,7 +105,7 @@ def _head_ce(x_BxLxD, w, targets_BxL, weights_BxL, static):
     _, _, lse, target_logit, _ = _softmax_terms(_chunk_logits(x_NxD, w, transposed, dtype), targets_N)
     return total + ((lse - target_logit) * weights_N).sum(), None
 
-  chunked = tuple(_to_chunks(a, chunks) for a in (x_BxLxD, targets_BxL, weights_BxL))
+  chunked = _to_chunks((x_BxLxD, targets_BxL, weights_BxL), chunks)
   total, _ = jax.lax.scan(body, jnp.zeros((), F32), chunked)
   return total
 
@@ -127,8 +131,8 @@ def _head_ce_fwd(x_BxLxD, w, targets_BxL, weights_BxL, static):
     return (total, dw_DxV), dx_NxD
 
   d, v = x_BxLxD.shape[-1], w.shape[0] if transposed else w.shape[1]
-  chunked = tuple(_to_chunks(a, chunks) for a in (x_BxLxD, targets_BxL, weights_BxL))
   dw_init = constrain(jnp.zeros((d, v), F32), _DW_AXES)
+  chunked = _to_chunks((x_BxLxD, targets_BxL, weights_BxL), chunks)
   (total, dw_DxV), dx_CxNxD = jax.lax.scan(body, (jnp.zeros((), F32), dw_init), chunked)
   # The barrier keeps the transpose a copy of the small result: folded into the dot, XLA CPU's bf16
   # kernel rejects the layout (as in layers._weight_grad).
