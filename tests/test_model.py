@@ -79,6 +79,14 @@ def test_flops_per_token_by_hand():
   assert flops_per_token(cfg, 64, causal=False) == 6 * n_matmul + 2 * attention
 
 
+def test_measured_peak_is_the_best_size():
+  from research.train import mfu
+  devices = tuple(jax.devices()[:2])
+  per_size = [mfu._measure(devices, "bfloat16", n, 3) for n in (64, 128)]
+  assert min(per_size) > 0
+  assert mfu.measure_matmul_peak(devices, "bfloat16", sizes=(64, 128), repeats=3) == max(per_size)
+
+
 def test_dropout_only_with_rng():
   model = _model("gpt2-tiny", dropout=0.5)
   tokens = jnp.zeros((1, 8), jnp.int32)

@@ -81,10 +81,11 @@ def _type_name(default: Any) -> str:
 
 
 def validate_config(cfg: ml_collections.ConfigDict, num_devices: int, need_data: bool = True,
-                    processes: int | None = None) -> None:
+                    processes: int | None = None, backend: str | None = None) -> None:
   """Raises ConfigError on the first problem found; returns None when the config is usable.
   need_data=False (planning with an explicit vocabulary) accepts a config without a data source;
-  processes defaults to jax.process_count()."""
+  processes defaults to jax.process_count(); backend ('cpu', 'gpu', 'tpu') to jax.default_backend()
+  (the planner passes its target's, so a GPU plan on a CPU accepts cuDNN attention)."""
   schema = _flatten(base_config())
   values = _flatten(cfg)
   for key in values:
@@ -123,8 +124,9 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int, need_data:
     raise ConfigError("model.mlp_activation=swiglu needs an explicit model.mlp_dim (e.g. 8/3 * embed_dim)")
   if m.attention_impl == "cudnn":
     import jax
-    if jax.default_backend() != "gpu":
-      raise ConfigError(f"model.attention_impl=cudnn needs a GPU, this run is on {jax.default_backend()}; use xla")
+    backend = backend or jax.default_backend()
+    if backend != "gpu":
+      raise ConfigError(f"model.attention_impl=cudnn needs a GPU, this run is on {backend}; use xla")
   if t.seq_len > m.max_seq_len:
     raise ConfigError(f"train.seq_len={t.seq_len} exceeds the model's context model.max_seq_len="
                       f"{m.max_seq_len}")

@@ -7,13 +7,11 @@ import jax
 import numpy as np
 
 from research.config import validate_config
-from research.data import build_pipeline
 from research.models import flops_per_token
 from research.perf.compiled import memory_report
 from research.sharding import make_mesh
 from research.train import mfu as mfu_lib
 from research.train.program import build_program
-from research.train.trainer import resolve_vocab
 
 
 def _spread(times: list[float]) -> dict:
@@ -27,6 +25,10 @@ def benchmark_train(cfg, steps: int, warmup: int) -> dict:
   devices = jax.devices()
   validate_config(cfg, len(devices))
   if cfg.model.vocab_size == 0:  # the tokenizer's size, as in training (cheap once it is cached)
+    # Imported here: with an explicit vocabulary the train benchmark needs no data stack (grain,
+    # array_record), so it runs where only jax, flax, optax and ml_collections are installed.
+    from research.data import build_pipeline
+    from research.train.trainer import resolve_vocab
     resolve_vocab(cfg, build_pipeline(cfg.data, log=lambda *a: None).tokenizer)
   program = build_program(cfg, make_mesh(cfg.mesh.shape, devices, cfg.mesh.dcn_shape))
   state = program.init_state()
@@ -67,6 +69,7 @@ def benchmark_train(cfg, steps: int, warmup: int) -> dict:
 
 def benchmark_data(cfg, steps: int, warmup: int) -> dict:
   """Batches per second from the training iterator alone (after building corpus and tokenizer)."""
+  from research.data import build_pipeline
   data = build_pipeline(cfg.data, log=lambda *a: None)
   t = cfg.train
   it = iter(data.train_dataset(t.batch_size, t.seq_len, cfg.seed))

@@ -57,7 +57,8 @@ def plan_for_target(cfg, target: str, slices: int = 1, gpus: int = 8) -> dict:
   devices = tpu_devices(target, slices)
   mesh = target_mesh(cfg, devices, slices)
   try:
-    validate_config(cfg, len(devices), need_data=False, processes=len({d.process_index for d in devices}))
+    validate_config(cfg, len(devices), need_data=False, processes=len({d.process_index for d in devices}),
+                    backend="tpu")
   except ConfigError as e:
     raise PlanError(str(e), 4 if "mesh" in str(e) or "divisible" in str(e) else 1) from None
   t = cfg.train

@@ -112,7 +112,7 @@ def plan_for_gpu(cfg, target: str, num_devices: int) -> dict:
   from research.plan.targets import GPU_CHIPS, PlanError
   chip = GPU_CHIPS[target]
   try:
-    validate_config(cfg, num_devices, need_data=False, processes=1)
+    validate_config(cfg, num_devices, need_data=False, processes=1, backend="gpu")
   except ConfigError as e:
     raise PlanError(str(e), 4 if "mesh" in str(e) else 1) from None
   memory = estimate_memory(cfg, cfg.mesh.shape, num_devices)
