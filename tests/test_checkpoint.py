@@ -3,7 +3,6 @@ restore across meshes."""
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
