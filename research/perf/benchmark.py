@@ -23,7 +23,7 @@ def _spread(times: list[float]) -> dict:
 def benchmark_train(cfg, steps: int, warmup: int) -> dict:
   """Train steps on random tokens (no data pipeline), after `warmup` steps."""
   devices = jax.devices()
-  validate_config(cfg, len(devices))
+  validate_config(cfg, len(devices), need_data=cfg.model.vocab_size == 0)  # random tokens need no corpus
   if cfg.model.vocab_size == 0:  # the tokenizer's size, as in training (cheap once it is cached)
     # Imported here: with an explicit vocabulary the train benchmark needs no data stack (grain,
     # array_record), so it runs where only jax, flax, optax and ml_collections are installed.
