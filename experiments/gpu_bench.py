@@ -8,8 +8,11 @@ Variants: gpt2-124m (GPT-2 small, sequence 1024, vocabulary 50257) and llama-1b 
 Llama 2 architecture, sequence 2048, vocabulary 32000). bf16 compute with f32 parameters and Adam
 state, cuDNN flash attention (`model.attention_impl=cudnn`, GPU only), no remat, one device. The
 batch sizes fit one H100 (80 GB) with room to spare; sweep `--config.train.batch_size` and
-`--config.model.remat` for the best tokens/s. On a CPU, `--config.model.attention_impl=xla` and
-`--dry_run` of `scripts/train.py` check the configs compile (the tests do so at a tiny size).
+`--config.model.remat` for the best tokens/s. The vocabularies are the published ones (50257,
+32000); llm.c and nanoGPT pad GPT-2's to 50304 for speed (`--config.model.vocab_size=50304`), and the
+MFU counts the vocabulary the run uses. On a CPU, `scripts/train.py --dry_run --target=h100
+--target_devices=1 --config.mesh.shape="(1,1,1)"` gives the analytic memory estimate (the tests check
+both fit one H100).
 """
 from research.config import ConfigError, base_config
 from research.models import apply_preset

@@ -1,10 +1,16 @@
 """`scripts/benchmark.py`'s train mode as a function: the JSON keys issue 5 names, on random tokens,
 with no corpus at all when the vocabulary is explicit (how the GPU checks run). Not a speed test."""
+import os
+import subprocess
+import sys
+
 import pytest
 
 from research.config import ConfigError, base_config
 from research.models import apply_preset
 from research.perf.benchmark import benchmark_train
+from research.train import mfu
+from tests.helpers import ROOT
 
 
 def _cfg():
@@ -15,7 +21,8 @@ def _cfg():
   return c
 
 
-def test_train_benchmark_needs_no_corpus_and_reports_issue_keys():
+def test_train_benchmark_needs_no_corpus_and_reports_issue_keys(monkeypatch):
+  monkeypatch.setattr(mfu, "peak_flops", lambda devices, dtype: (1e12, "test"))  # no 8-device matmul timing
   cfg = _cfg()
   assert not cfg.data.path
   r = benchmark_train(cfg, steps=3, warmup=1)
@@ -24,6 +31,18 @@ def test_train_benchmark_needs_no_corpus_and_reports_issue_keys():
     assert r[key] > 0, key
   assert r["devices"] == 8 and r["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1}
   assert r["tokens_per_sec"] == pytest.approx(8 * 32 / (r["step_time_ms"] / 1000))
+  assert r["mfu"] == pytest.approx(r["flops_per_token"] * r["tokens_per_sec"] / 1e12)
+
+
+def test_train_benchmark_imports_no_data_stack():
+  # The GPU checks carry only ml-collections to a device image that has jax, flax and optax.
+  code = ("import sys; import research.perf.benchmark; "
+          "print(sorted(m for m in ('grain', 'array_record', 'tensorflow_datasets', 'orbax', 'sentencepiece') "
+          "if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
 
 
 def test_train_benchmark_with_tokenizer_vocab_needs_data():

@@ -82,6 +82,19 @@ def test_experiments_load_and_validate(name):
   validate_config(cfg, 1)
 
 
+@pytest.mark.parametrize("variant", ["gpt2-124m", "llama-1b"])
+def test_gpu_bench_validates_only_for_a_gpu_backend(variant):
+  cfg = load_experiment(os.path.join(ROOT, "experiments", f"gpu_bench.py:{variant}"))
+  cfg.mesh.shape = (-1, 1, 1)
+  assert cfg.model.attention_impl == "cudnn"
+  validate_config(cfg, 1, need_data=False, backend="gpu")
+  for backend, name in ((None, "cpu"), ("tpu", "tpu")):
+    with pytest.raises(ConfigError, match=f"attention_impl=cudnn needs a GPU, this run is on {name}; use xla"):
+      validate_config(cfg, 1, need_data=False, backend=backend)
+  cfg.model.attention_impl = "xla"
+  validate_config(cfg, 1, need_data=False)
+
+
 def test_script_reports_bad_key_in_one_line(tmp_path):
   proc = subprocess.run(
       [sys.executable, "scripts/train.py", "--config=experiments/default.py", f"--workdir={tmp_path}",

@@ -219,15 +219,12 @@ def test_collectives_count_nested_loop_trips():
 
 @pytest.mark.parametrize("variant", ["gpt2-124m", "llama-1b"])
 def test_gpu_bench_configs_fit_one_h100_and_need_a_gpu(variant):
-  from research.config import ConfigError, validate_config
   from research.config.cli import load_experiment
   cfg = load_experiment(os.path.join(ROOT, "experiments", f"gpu_bench.py:{variant}"))
   cfg.mesh.shape = (1, 1, 1)
   assert cfg.model.attention_impl == "cudnn" and cfg.model.dtype == "bfloat16"
   report = plan_for_target(cfg, "h100", gpus=1)   # validated as for a GPU: cuDNN attention is allowed
   assert report["fits"], format_report(report)
-  with pytest.raises(ConfigError, match="attention_impl=cudnn needs a GPU, this run is on cpu"):
-    validate_config(cfg, 1, need_data=False)
   cfg.mesh.shape = (-1, 1, 1)
   with pytest.raises(PlanError, match="attention_impl=cudnn needs a GPU, this run is on tpu"):
     plan_for_target(cfg, "v5e:2x2")
