@@ -104,5 +104,7 @@ def test_scan_compiles_deep_models_about_as_fast_as_shallow_ones():
     _train_step_memory(cfg, batch)
     return time.perf_counter() - start
 
-  compile_seconds(2)  # warm caches
+  # Warm the in-process caches with a depth measured nowhere: the tests' persistent compilation
+  # cache (conftest.py) would serve a repeated program from disk, so each timed one is new.
+  compile_seconds(3)
   assert compile_seconds(24) < 3 * compile_seconds(2) + 1.0
