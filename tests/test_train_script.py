@@ -27,7 +27,8 @@ def test_train_script_end_to_end(corpus_dir, tmp_path):
   proc = subprocess.run(
       [sys.executable, "scripts/train.py", f"--config={exp}", f"--workdir={workdir}",
        "--config.train.num_steps=40", "--config.mesh.shape=(4,2,1)", "--config.train.log_every=10",
-       "--config.train.eval_every=20", "--config.train.progress=true"],
+       "--config.train.eval_every=20", "--config.train.progress=true",
+       f"--config.train.compilation_cache_dir={tmp_path / 'xla-cache'}"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = proc.stdout
@@ -47,6 +48,7 @@ def test_train_script_end_to_end(corpus_dir, tmp_path):
   assert summary["final_eval_loss"] == eval_recs[-1]["eval_loss"]
   assert json.load(open(workdir / "config.json"))["train"]["num_steps"] == 40
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
+  assert os.listdir(tmp_path / "xla-cache")  # the compiled steps, for a rerun to read
 
 
 def _blow_up(cfg):

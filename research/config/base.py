@@ -97,6 +97,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.sample_temperature = 0.8
   c.train.tensorboard = True
   c.train.progress = True        # a live progress bar on a terminal; else one line per log
+  c.train.compilation_cache_dir = ""  # JAX's persistent compilation cache: a rerun or resumed run reads
+                                 # its compiled steps from here instead of compiling ("": off)
   c.train.profile_start_step = 0  # capture a JAX profiler trace of steps [start, stop) into
   c.train.profile_stop_step = 0   # DIR/profile (TensorBoard/XProf, Perfetto); stop <= start: off
   c.train.cost_per_device_hour = 0.0  # $ per device-hour for the run's cost estimate (0: no estimate)

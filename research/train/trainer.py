@@ -89,6 +89,10 @@ def train(cfg, workdir: str, log=print, resume: str | int = "latest", dry_run: b
   t_start = time.time()
   devices = jax.devices()
   validate_config(cfg, len(devices))
+  if cfg.train.compilation_cache_dir:
+    # JAX opens its persistent cache at the process's first compile, so this must come before any
+    # (scripts/train.py calls train() first thing); process 0 writes entries, every process reads.
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.train.compilation_cache_dir))
   pid, nproc = jax.process_index(), jax.process_count()
   is_main = pid == 0
   log = log if is_main else (lambda *a, **k: None)
