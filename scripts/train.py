@@ -4,7 +4,8 @@
   python scripts/train.py --config=... --dry_run      compile the step, print its memory per device, exit
 
 A workdir that holds checkpoints resumes from the newest readable one (--fresh starts over,
---restore_step=N picks one). SIGTERM saves a checkpoint and exits 0.
+--restore_step=N picks one). SIGTERM or SIGINT saves a checkpoint of the last completed step and
+exits 0 (before the first step: exits 0 having written nothing). One run per workdir (DIR/run.lock).
 Multi-host: run the same command on every host. TPU pods, SLURM (srun) and Open MPI are detected;
 elsewhere pass --coordinator_address=HOST:PORT --num_processes=N --process_id=I (or use
 scripts/launch_local.py for N processes on one machine).
@@ -29,6 +30,9 @@ flags.DEFINE_string("workdir", None, "Where metrics, TensorBoard logs and checkp
 flags.DEFINE_bool("fresh", False, "Start at step 0 even if the workdir holds checkpoints (they are moved "
                   "aside, not deleted).")
 flags.DEFINE_integer("restore_step", None, "Resume from this checkpoint step instead of the newest.")
+flags.DEFINE_bool("break_lock", False, "Take over the workdir's run.lock even when its owner cannot be shown to "
+                  "be gone (a run on another host that died). A lock of a dead process on this host is taken "
+                  "over without it.")
 flags.DEFINE_bool("dry_run", False, "Only compile the train step ahead of time, print its memory per device "
                   "(parameters, optimizer state, batch, temporaries) and FLOPs, and exit 0. Writes nothing.")
 flags.DEFINE_string("target", None, "With --dry_run: compile for this TPU topology instead of the local devices "
@@ -85,7 +89,7 @@ def main(_):
       if jax.process_count() > 1:
         print(joined, flush=True)
       print(HOST_MALLOC, flush=True)
-    train(cfg, FLAGS.workdir, resume=resume, dry_run=FLAGS.dry_run)  # a preempted run returns normally: exit 0
+    train(cfg, FLAGS.workdir, resume=resume, dry_run=FLAGS.dry_run, break_lock=FLAGS.break_lock)  # a preempted run returns normally: exit 0
   except (ConfigError, DataError, NonFiniteError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

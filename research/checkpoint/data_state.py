@@ -17,7 +17,7 @@ from research.checkpoint.manager import CheckpointError
 # Settings that define which batches come in which order; resuming across a change is not exact.
 STREAM_KEYS = ("seed", "train.batch_size", "train.seq_len", "data.format", "data.text_field", "data.doc_split",
                "data.val_files", "data.val_fraction", "data.tfds_name", "data.tfds_train_split",
-               "data.tfds_text_feature", "data.mixture", "data.packing", "data.num_workers", "data.tokenizer",
+               "data.tfds_text_feature", "data.mixture", "data.packing", "data.shuffle_rows", "data.num_workers", "data.tokenizer",
                "data.vocab_size", "data.spm_model_type")
 
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from research.checkpoint.manager import CheckpointError, _handlers
@@ -19,11 +20,12 @@ from research.treepaths import path_str
 
 def resolve_step_dir(path: str) -> tuple[str, int]:
   """A workdir (newest step of DIR/checkpoints), a checkpoints dir, or a step dir -> (checkpoints dir, step)."""
-  path = os.path.abspath(path)
-  if os.path.basename(path).isdigit() and os.path.isdir(os.path.join(path, "state")):
-    return os.path.dirname(path), int(os.path.basename(path))
-  directory = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
-  steps = sorted(int(s) for s in os.listdir(directory) if s.isdigit()) if os.path.isdir(directory) else []
+  p = epath.Path(path if "://" in str(path) else os.path.abspath(path))  # local or gs://...
+  if p.name.isdigit() and (p / "state").is_dir():
+    return str(p.parent), int(p.name)
+  directory = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+  steps = sorted(int(c.name) for c in directory.iterdir() if c.name.isdigit()) if directory.is_dir() else []
+  directory = str(directory)
   if not steps:
     raise CheckpointError(f"{path}: no checkpoints here (give a workdir, its checkpoints/ or a step directory)")
   return directory, steps[-1]

@@ -6,9 +6,14 @@
 
 Saves are asynchronous by default: `save` returns once arrays are copied off the devices, and the
 write finishes in the background. Orbax writes each step into a temporary directory and renames it
-when complete, so a killed save never looks finished; a step that still fails to read is skipped
-(with a log line) in favour of the newest one that reads. Nothing is unpickled: arrays are
-tensorstore/OCDBT, the rest JSON.
+when complete, so a killed save never looks finished. Every array's checksum goes into `meta` and is
+verified on restore (`checkpoint.verify`), so flipped bytes read as an unreadable step, not as
+weights. A step that fails to read is skipped (with a log line) in favour of the newest one that
+reads, and listed in `unreadable` so the trainer can move it aside (never delete) once the run has
+validated: otherwise the next save of that step would find it there and not save. A save that fails
+(disk full, permissions) is one CheckpointError line naming the directory and the cause; the
+previous checkpoints stay. Nothing is unpickled: arrays are tensorstore/OCDBT, the rest JSON.
+The directory may be local or remote (gs://...): Orbax and tensorstore handle both.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from research.checkpoint import checksums
 from research.treepaths import path_str
 
 
@@ -82,8 +88,11 @@ def _from_tree(like, tree):
 class Checkpointer:
 
   def __init__(self, directory: str, ckpt_cfg, log=print):
-    self.directory = os.path.abspath(directory)
+    self.directory = str(directory) if "://" in str(directory) else os.path.abspath(directory)
     self.log = log
+    self.verify = ckpt_cfg.get("verify", True)
+    self.unreadable: list[int] = []   # steps restore skipped, newest first
+    self._saving: int | None = None   # the step whose async write may still be running
     save_policies = []
     if ckpt_cfg.every_steps:
       save_policies.append(policies.FixedIntervalPolicy(ckpt_cfg.every_steps))
@@ -120,12 +129,36 @@ class Checkpointer:
     if step in self.manager.all_steps():
       return False
     data_state = data_state() if callable(data_state) else data_state
+    tree = _as_tree(state)
     meta = dict(meta, step=step, time=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                code_version=meta.get("code_version") or code_version())
-    args = ocp.args.Composite(state=ocp.args.StandardSave(_as_tree(state)), data=ocp.args.JsonSave(data_state),
+                code_version=meta.get("code_version") or code_version(),
+                checksums=checksums.tree_checksums(tree))
+    args = ocp.args.Composite(state=ocp.args.StandardSave(tree), data=ocp.args.JsonSave(data_state),
                               meta=ocp.args.JsonSave(meta))
     self.last_save_time = time.time()
-    return bool(self.manager.save(step, args=args, metrics=metrics, force=True))
+    self.wait()  # the previous write's error (if any) is reported as that step's; Orbax would wait anyway
+    with self._save_errors(step):
+      started = bool(self.manager.save(step, args=args, metrics=metrics, force=True))
+    self._saving = step
+    return started
+
+  def _save_errors(self, step: int):
+    """Turns a failed write (Orbax raises an async save's error at the next save or wait) into one
+    line naming the step, the directory and the cause."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard():
+      try:
+        yield
+      except Exception as e:  # noqa: BLE001 - any failure to write is reported the same way
+        failed = self._saving if self._saving is not None else step
+        self._saving = None
+        cause = _root_cause(e)
+        kept = [s for s in self.manager.all_steps() if s != failed]
+        raise CheckpointError(f"saving checkpoint step {failed} to {self.directory} failed ({cause}); "
+                              f"the previous checkpoints are kept (steps {sorted(kept)})") from None
+    return guard()
 
   def _time_due(self) -> bool:
     """checkpoint.every_minutes elapsed since the last save; decided on process 0 for all."""
@@ -139,15 +172,24 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until every started save is durable on disk."""
-    self.manager.wait_until_finished()
+    with self._save_errors(self._saving or 0):
+      self.manager.wait_until_finished()
+    self._saving = None
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
+
+  def reload(self) -> None:
+    """Re-reads the step directories (after the trainer moved some aside)."""
+    self.manager.reload()
 
   # ------------------------------------------------------------------ restoring
   def steps(self) -> list[int]:
-    return sorted(self.manager.all_steps(read=True))
+    self.manager.reload()  # what is on disk now, not what this manager saw when it started
+    return sorted(self.manager.all_steps())
 
   def restore(self, abstract_state, step: int | None = None) -> tuple[Any, dict, dict, int]:
     """(state, data state, meta, step) of `step`, or of the newest readable step when None.
@@ -161,6 +203,7 @@ class Checkpointer:
     if step is not None and step not in steps:
       raise CheckpointError(f"no checkpoint for step {step} in {self.directory}; steps: {steps}")
     candidates = [step] if step is not None else steps[::-1]
+    self.unreadable = []
     for i, s in enumerate(candidates):
       try:
         return self._restore_step(abstract_state, s) + (s,)
@@ -171,6 +214,7 @@ class Checkpointer:
         if step is not None or i == len(candidates) - 1:
           raise CheckpointError(f"checkpoint step {s} in {self.directory} cannot be read ({reason})") from None
         self.log(f"checkpoint: step {s} cannot be read ({reason}); falling back to step {candidates[i + 1]}")
+        self.unreadable.append(s)
     raise AssertionError("unreachable")
 
   def _restore_step(self, abstract_state, step: int) -> tuple[Any, dict, dict]:
@@ -181,4 +225,21 @@ class Checkpointer:
     check_compatible(saved.tree if hasattr(saved, "tree") else saved, target)
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
-    return _from_tree(abstract_state, restored["state"]), restored["data"], restored["meta"]
+    meta = restored["meta"]
+    if self.verify and meta.get("checksums"):
+      bad = checksums.mismatches(meta["checksums"], checksums.tree_checksums(restored["state"]))
+      if bad:
+        raise ChecksumError(f"{len(bad)} array(s) differ from their saved checksums, first {bad[0]}")
+    return _from_tree(abstract_state, restored["state"]), restored["data"], meta
+
+
+class ChecksumError(OSError):
+  """Restored bytes differ from what was saved: the step is treated as unreadable."""
+
+
+def _root_cause(e: BaseException) -> str:
+  """The innermost cause's one-line message (Orbax wraps the OSError of a full disk several times)."""
+  while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+    e = e.__cause__ or e.__context__
+  text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+  return f"{type(e).__name__}: {text}" if text else type(e).__name__

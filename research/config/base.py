@@ -64,6 +64,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tfds_text_feature = "text"
   c.data.mixture = ()            # ((source, weight), ...): source is a local path/glob or "tfds:NAME"
   c.data.packing = "pack"        # pack (whole documents, segment ids, no cross-document attention) | chunk
+  c.data.shuffle_rows = 1024     # training rows are shuffled in windows of this many rows (per stream) after
+                                 # packing/chunking, so a document longer than a row is not read in order
+                                 # (memory: about rows x seq_len x 20 bytes per stream); 0 or 1: off
   c.data.streams = 0             # independent streams making up the global batch, spread over processes.
                                  # 0: one per process (a resumed run keeps its checkpoint's number). Fix it
                                  # (a multiple of every process count you use) and batches do not depend
@@ -129,6 +132,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint.best_mode = "min"     # min | max
   c.checkpoint.async_save = True     # write in the background while training goes on
   c.checkpoint.save_at_end = True
+  c.checkpoint.verify = True         # checksum every saved array; a restored step that differs (flipped
+                                     # bytes) is treated as unreadable and the previous step is used
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1, 1)          # (data, fsdp, tensor); one entry may be -1 ("the rest")

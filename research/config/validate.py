@@ -46,7 +46,7 @@ NON_NEGATIVE = ("model.vocab_size", "model.num_kv_heads", "model.head_dim", "mod
                 "optimizer.weight_decay", "optimizer.grad_clip_norm", "model.dropout",
                 "optimizer.final_learning_rate", "data.num_workers", "data.read_threads",
                 "checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.keep_every_steps",
-                "checkpoint.keep_best", "data.streams", "train.profile_start_step",
+                "checkpoint.keep_best", "data.streams", "data.shuffle_rows", "train.profile_start_step",
                 "train.profile_stop_step", "train.cost_per_device_hour")
 
 

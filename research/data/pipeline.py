@@ -2,8 +2,11 @@
 
 Train: for each source, shuffle documents (seeded, reshuffled every epoch) -> this stream's share ->
 tokenize + EOS -> mix sources by weight -> either pack whole documents into rows (segment ids and
-per-document positions, so attention never crosses documents) or concatenate-and-chunk -> batch ->
-optional worker processes. A global batch is `data.streams` such streams side by side, spread over
+per-document positions, so attention never crosses documents) or concatenate-and-chunk -> shuffle
+rows in windows of `data.shuffle_rows` -> batch -> optional worker processes.
+The row shuffle is what makes a long document train like nanoGPT's random windows: shuffling
+documents alone cuts a one-file corpus into consecutive rows, so every batch held adjacent text and
+training walked through the file in order (nanoGPT's char Shakespeare: val 1.99 instead of 1.88). A global batch is `data.streams` such streams side by side, spread over
 the processes, so it does not depend on the process count. The iterator's state (`get_state()`, a
 small JSON-able dict per stream) restores it to the exact next batch.
 Eval: the validation split(s) in order, packed/chunked the same way, the same batches every time.
@@ -123,6 +126,11 @@ class DataPipeline:
     mixed = docs[0] if len(docs) == 1 else grain.IterDataset.mix(docs, [s.weight for s in self.sources])
     ds = rows_from_documents(mixed, self.cfg.packing, seq_len, seed + 104729 * index, num_bins=rows,
                              shuffle_bins=True)
+    if self.cfg.shuffle_rows > 1:
+      # Grain reads a window of rows, emits it in a seeded order and checkpoints only where the window
+      # started and how far into it we are (a small dict): resume re-reads the window, exactly.
+      ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=self.cfg.shuffle_rows,
+                                                       seed=seed + 15485863 * (index + 1))
     ds = ds.batch(rows, drop_remainder=True)
     if self.cfg.num_workers > 0:
       ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.cfg.num_workers))

@@ -8,6 +8,8 @@ import os
 import sys
 import time
 
+from etils import epath
+
 
 def _clean(value):
   if hasattr(value, "item"):
@@ -18,23 +20,33 @@ def _clean(value):
 
 
 class MetricsWriter:
+  """Appends to a local metrics.jsonl; on a remote workdir (object stores cannot append) it keeps the
+  file's lines and rewrites the object each time (a few hundred KB over a whole run)."""
 
   def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
     self.enabled = enabled
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.remote = "://" in str(workdir)
+    self.path = f"{workdir}/metrics.jsonl" if self.remote else os.path.join(workdir, "metrics.jsonl")
     self._tb = None
+    self._lines: list[str] = []
     if enabled:
-      os.makedirs(workdir, exist_ok=True)
+      epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+      if self.remote and epath.Path(self.path).exists():
+        self._lines = epath.Path(self.path).read_text().splitlines(keepends=True)
       if tensorboard:
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tb = SummaryWriter(f"{workdir}/tensorboard" if self.remote else os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.enabled:
       return
     record = {"step": int(step), **{k: _clean(v) for k, v in metrics.items()}, "time": time.time()}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    if self.remote:
+      self._lines.append(json.dumps(record) + "\n")
+      epath.Path(self.path).write_text("".join(self._lines))
+    else:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record) + "\n")
     if self._tb is not None:
       for key, value in record.items():
         if key not in ("step", "time") and isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -14,6 +14,7 @@ import time
 
 import jax
 import numpy as np
+from etils import epath
 
 from research.checkpoint import CheckpointError, Checkpointer, PreemptionWatcher
 from research.checkpoint.data_state import check_same_stream, gather_states, local_state, saved_num_streams
@@ -29,7 +30,8 @@ from research.train.evaluation import evaluate
 from research.train.metrics import MetricsWriter, Progress
 from research.train.profiler import StepProfiler
 from research.train.program import build_program
-from research.train.workdir import check_resume, prepare_workdir, truncate_metrics
+from research.train.workdir import (WorkdirLock, check_resume, checkpoint_steps, move_previous_run_aside,
+                                    move_steps_aside, resolve_workdir, truncate_metrics, write_config)
 
 
 class NonFiniteError(RuntimeError):
@@ -76,15 +78,41 @@ def resolve_streams(cfg, saved_data_state) -> int:
   return n
 
 
-def train(cfg, workdir: str, log=print, resume: str | int = "latest", dry_run: bool = False) -> dict:
-  """Runs the whole training described by `cfg`; metrics, config and checkpoints go to `workdir`.
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def train(cfg, workdir: str, log=print, resume: str | int = "latest", dry_run: bool = False,
+          break_lock: bool = False) -> dict:
+  """Runs the whole training described by `cfg`; metrics, config and checkpoints go to `workdir`
+  (a local path or a remote URI such as gs://bucket/run).
 
   resume: "latest" (the newest readable checkpoint in workdir, if any), "fresh" (start at step 0;
-  existing checkpoints are moved aside, never deleted), or a step number.
+  the previous run's files are moved aside, never deleted), or a step number.
   dry_run: compile the train step, report its memory per device and stop (nothing is written).
+  break_lock: take over the workdir's lock even if its owner cannot be shown to be gone.
+  SIGTERM or SIGINT at any point ends in a durable checkpoint of the last completed step (before the
+  first step: a clean return, nothing written) and a summary with preempted=True.
   Returns a summary dict (final eval loss, unigram entropy, tokens, timings, samples, preempted,
   compute), or the compile report for a dry run.
   """
+  if dry_run:
+    return _train(cfg, workdir, log, resume, True, None)
+  workdir = resolve_workdir(workdir)
+  lock = WorkdirLock(workdir, break_lock, log) if jax.process_index() == 0 else None
+  with PreemptionWatcher(log if jax.process_index() == 0 else (lambda *a: None)) as watcher:
+    if lock is not None:
+      lock.acquire()
+    try:
+      return _train(cfg, workdir, log, resume, False, watcher)
+    finally:
+      if lock is not None:
+        lock.release()
+
+
+def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
   # ---------------------------------------------------------------- setup
   t_start = time.time()
   devices = jax.devices()
@@ -104,6 +132,17 @@ def train(cfg, workdir: str, log=print, resume: str | int = "latest", dry_run: b
   if not dry_run or cfg.model.vocab_size == 0:
     data = open_data(cfg, log)
     resolve_vocab(cfg, data.tokenizer)
+
+  def stopped_before_start(step: int, phase: str) -> dict | None:
+    """A signal before the first step: nothing new to save, nothing of the old run touched."""
+    if watcher is None or not watcher.requested:
+      return None
+    log(f"preempted ({watcher.signal_name or 'signal'}) {phase}, before the first step: nothing to save"
+        + (f"; the checkpoint of step {step} stays" if step else "") + "; run the same command to start")
+    return {"preempted": True, "step": step, "train_seconds": 0.0, "compute": None}
+
+  if (early := stopped_before_start(0, "while preparing the data")) is not None:
+    return early
 
   # ---------------------------------------------------------------- model, optimizer, shardings
   program = build_program(cfg, mesh)
@@ -138,39 +177,55 @@ def train(cfg, workdir: str, log=print, resume: str | int = "latest", dry_run: b
     log(f"flops per step: model {report['model_flops_per_step']:.3e} (all devices); compiler estimate "
         f"{xla_flops or float('nan'):.3e} per device (a loop body, e.g. the scan over layers, counted once)")
     return report
-  if is_main:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(cfg.to_json_best_effort(indent=1))
+  if (early := stopped_before_start(0, "while compiling")) is not None:
+    return early
 
   # ---------------------------------------------------------------- restore or initialise
-  ckpt_dir = os.path.join(workdir, "checkpoints")
+  # Nothing of the previous run changes until the new one has validated (restored, same data and
+  # model): --fresh and a workdir without checkpoints move the old files aside first (nothing to
+  # validate); a resume moves newer / unreadable steps aside and trims metrics only after its checks.
+  ckpt_dir = str(epath.Path(workdir) / "checkpoints")
   check_resume(workdir, resume)
-  if is_main:
-    prepare_workdir(workdir, resume, log)
-  if nproc > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("checkpoint directory ready")
+  starting_over = resume == "fresh" or not checkpoint_steps(ckpt_dir)
+  if is_main and starting_over:
+    move_previous_run_aside(workdir, log)
+  _barrier("previous run moved aside")
   checkpointer = Checkpointer(ckpt_dir, cfg.checkpoint, log=log)
-  start, data_state = 0, None
-  if resume != "fresh" and checkpointer.steps():
-    state, data_state, saved_meta, start = checkpointer.restore(program.abstract_state(),
-                                                                None if resume == "latest" else int(resume))
-    check_same_stream(saved_meta["config"], cfg.to_dict())
-    log(f"checkpoint: resumed from step {start} ({ckpt_dir})")
+  start, data_state, train_iter = 0, None, None
+  try:
+    if not starting_over:
+      state, data_state, saved_meta, start = checkpointer.restore(program.abstract_state(),
+                                                                  None if resume == "latest" else int(resume))
+      check_same_stream(saved_meta["config"], cfg.to_dict())
+      log(f"checkpoint: resumed from step {start} ({ckpt_dir})")
+    else:
+      state = program.init_state()
+    streams = resolve_streams(cfg, data_state)
+    train_iter = iter(data.train_dataset(t.batch_size, t.seq_len, cfg.seed, streams, pid, nproc))
+    if data_state is not None:
+      try:
+        train_iter.set_state(local_state(data_state, streams))
+      except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise CheckpointError(f"the data iterator state of step {start} does not fit this pipeline ({e})") from None
+    if (early := stopped_before_start(start, "while restoring")) is not None:
+      checkpointer.close()
+      return early
     if is_main:
-      truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start)
-  else:
-    state = program.init_state()
+      if isinstance(resume, int):
+        move_steps_aside(workdir, [s for s in checkpoint_steps(ckpt_dir) if s > resume], f"after-{resume}", log)
+      move_steps_aside(workdir, checkpointer.unreadable, "unreadable", log)
+      if start:
+        truncate_metrics(str(epath.Path(workdir) / "metrics.jsonl"), start)
+      write_config(workdir, cfg.to_json_best_effort(indent=1))
+    _barrier("workdir ready")
+    checkpointer.reload()
+  except BaseException:
+    checkpointer.close()
+    if hasattr(train_iter, "close"):
+      train_iter.close()
+    raise
 
   # ---------------------------------------------------------------- data
-  streams = resolve_streams(cfg, data_state)
-  train_iter = iter(data.train_dataset(t.batch_size, t.seq_len, cfg.seed, streams, pid, nproc))
-  if data_state is not None:
-    try:
-      train_iter.set_state(local_state(data_state, streams))
-    except (KeyError, TypeError, ValueError, IndexError) as e:
-      raise CheckpointError(f"the data iterator state of step {start} does not fit this pipeline ({e})") from None
   eval_device = [program.put_batch(b) for b in data.eval_batches(t.batch_size, t.seq_len, t.eval_batches,
                                                                   pid, nproc)]
   meta = {"config": cfg.to_dict(), "mesh": dict(mesh.shape), "devices": len(devices),
@@ -228,39 +283,42 @@ def train(cfg, workdir: str, log=print, resume: str | int = "latest", dry_run: b
   t_loop = time.time()
   pending, preempted, final_eval, step = None, False, None, start
   try:
-    with PreemptionWatcher() as watcher:
-      for step in range(start, t.num_steps):
-        profiler.before_step(step + 1)
-        state, metrics = step_fn(state, program.put_batch(next(train_iter)))
-        profiler.after_step(step + 1, metrics)
-        if pending is not None:
-          finish_step(*pending)
-        pending = (step + 1, metrics)
-        eval_loss = None
-        if t.eval_every and (step + 1) % t.eval_every == 0 and step + 1 < t.num_steps:
-          finish_step(*pending)
-          pending = None
-          eval_loss = run_eval(step + 1)
-          window["t0"] = time.time()  # evaluation time is not training throughput
-        if watcher.reached(step + 1):
-          preempted = True
-        last = step + 1 == t.num_steps and cfg.checkpoint.save_at_end  # saved below, with the final eval
-        if not last:
-          checkpointer.maybe_save(step + 1, state, lambda: gather_states(train_iter.get_state()), meta,
-                                  force=preempted, metrics=None if eval_loss is None else {"eval_loss": eval_loss})
-        if preempted:
-          break
+    for step in range(start, t.num_steps):
+      profiler.before_step(step + 1)
+      state, metrics = step_fn(state, program.put_batch(next(train_iter)))
+      profiler.after_step(step + 1, metrics)
       if pending is not None:
         finish_step(*pending)
-      train_seconds = time.time() - t_loop
+      pending = (step + 1, metrics)
+      eval_loss = None
+      if t.eval_every and (step + 1) % t.eval_every == 0 and step + 1 < t.num_steps:
+        finish_step(*pending)
+        pending = None
+        eval_loss = run_eval(step + 1)
+        window["t0"] = time.time()  # evaluation time is not training throughput
+      if watcher.reached(step + 1):
+        preempted = True
+      # the last step is saved below with the final eval, unless the run stops here
+      last = step + 1 == t.num_steps and cfg.checkpoint.save_at_end and not preempted
+      if not last:
+        checkpointer.maybe_save(step + 1, state, lambda: gather_states(train_iter.get_state()), meta,
+                                force=preempted, metrics=None if eval_loss is None else {"eval_loss": eval_loss})
       if preempted:
-        checkpointer.wait()
-        log(f"preempted: saved step {step + 1} to {ckpt_dir}; run the same command to resume")
-      else:
-        final_eval = run_eval(t.num_steps)
-        if cfg.checkpoint.save_at_end:
-          checkpointer.maybe_save(t.num_steps, state, lambda: gather_states(train_iter.get_state()), meta,
-                                  force=True, metrics={"eval_loss": final_eval})
+        break
+    if pending is not None:
+      finish_step(*pending)
+    train_seconds = time.time() - t_loop
+    if preempted:
+      checkpointer.wait()
+      if step + 1 not in checkpointer.steps():
+        raise CheckpointError(f"preempted at step {step + 1}, but its checkpoint is not in {ckpt_dir}")
+      log(f"preempted: saved step {step + 1} to {ckpt_dir} ({watcher.signal_name or 'SIGTERM'}); "
+          "run the same command to resume")
+    else:
+      final_eval = run_eval(t.num_steps)
+      if cfg.checkpoint.save_at_end:
+        checkpointer.maybe_save(t.num_steps, state, lambda: gather_states(train_iter.get_state()), meta,
+                                force=True, metrics={"eval_loss": final_eval})
   finally:
     profiler.close()
     progress.close()
@@ -292,6 +350,5 @@ def train(cfg, workdir: str, log=print, resume: str | int = "latest", dry_run: b
   for i, text in enumerate(samples):
     log(f"--- sample {i + 1} ---\n{text.strip()}")
   if is_main:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=1)
+    (epath.Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=1))
   return summary

@@ -1,64 +1,186 @@
-"""The workdir between runs: never lose work when starting over or resuming from an older step."""
+"""The workdir between runs: never lose work when starting over or resuming from an older step, and
+never let two runs write into one workdir.
+
+Paths go through `etils.epath`, never `os.path`, so a workdir may be local or remote (`gs://bucket/run`:
+Orbax and tensorstore read and write it natively; epath does the rest). Only process 0 writes here.
+Order of a start (the trainer's): lock -> (--fresh: move the previous run aside) -> restore and check
+the checkpoint -> only then move newer steps aside, trim metrics and write config.json, so a resume
+that is refused leaves the old run exactly as it was.
+"""
 from __future__ import annotations
 
 import json
 import os
+import socket
 import time
+
+from etils import epath
 
 from research.checkpoint import CheckpointError
 
+# What a run leaves in its workdir; --fresh moves each aside to NAME.before-<time> (never deletes).
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "summary.json", "profile", "config.json")
+LOCK_NAME = "run.lock"
+
+
+def is_remote(path: str) -> bool:
+  return "://" in str(path)
+
+
+def resolve_workdir(path: str) -> str:
+  """A local workdir made absolute (so subprocesses and Orbax agree); a remote URI as given."""
+  return str(path) if is_remote(path) else os.path.abspath(os.path.expanduser(path))
+
 
 def checkpoint_steps(ckpt_dir: str) -> list[int]:
-  return sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit()) if os.path.isdir(ckpt_dir) else []
+  d = epath.Path(ckpt_dir)
+  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
+
+def _stamp() -> str:
+  return time.strftime("%Y%m%d-%H%M%S")
 
 
 def check_resume(workdir: str, resume) -> None:
-  """Every process runs this before process 0 moves anything, so a bad --restore_step stops all of
-  them with the same error instead of leaving the others at a barrier."""
+  """Every process runs this before anything is moved, so a bad --restore_step stops all of them
+  with the same error instead of leaving the others at a barrier."""
   if isinstance(resume, int):
-    ckpt_dir = os.path.join(workdir, "checkpoints")
+    ckpt_dir = str(epath.Path(workdir) / "checkpoints")
     steps = checkpoint_steps(ckpt_dir)
     if resume not in steps:
       raise CheckpointError(f"no checkpoint for step {resume} in {ckpt_dir}; steps: {steps}")
 
 
-def prepare_workdir(workdir: str, resume, log) -> None:
-  """--fresh moves the previous run's checkpoints, metrics and TensorBoard logs aside; resuming from
-  an older step moves the newer steps aside, so 'latest' cannot later pick them up. Process 0 only."""
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  stamp = time.strftime("%Y%m%d-%H%M%S")
-  steps = checkpoint_steps(ckpt_dir)
-  if resume == "fresh" or not steps:
-    names = ["checkpoints", "metrics.jsonl", "tensorboard"] if resume == "fresh" else ["metrics.jsonl", "tensorboard"]
-    for name in names:
-      path = os.path.join(workdir, name)
-      if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
-        os.rename(path, f"{path}.before-{stamp}")
-        log(f"workdir: moved the previous run's {name} to {path}.before-{stamp}")
-  elif isinstance(resume, int):
-    check_resume(workdir, resume)
-    newer = [s for s in steps if s > resume]
-    if newer:
-      aside = f"{ckpt_dir}.after-{resume}-{stamp}"
-      os.makedirs(aside)
-      for s in newer:
-        os.rename(os.path.join(ckpt_dir, str(s)), os.path.join(aside, str(s)))
-      log(f"checkpoint: --restore_step={resume}: moved the newer steps {newer} to {aside}")
+def _non_empty(p: epath.Path) -> bool:
+  return p.exists() and (not p.is_dir() or any(True for _ in p.iterdir()))
+
+
+def move_previous_run_aside(workdir: str, log) -> None:
+  """--fresh: the previous run's outputs (checkpoints, metrics, TensorBoard, summary, profile, config)
+  each renamed to NAME.before-<time>, so nothing of it is lost or mixed into the new run."""
+  stamp = _stamp()
+  for name in RUN_OUTPUTS:
+    path = epath.Path(workdir) / name
+    if _non_empty(path):
+      aside = path.parent / f"{name}.before-{stamp}"
+      path.rename(aside)
+      log(f"workdir: moved the previous run's {name} to {aside}")
+
+
+def move_steps_aside(workdir: str, steps: list[int], why: str, log) -> str | None:
+  """Moves checkpoint steps out of DIR/checkpoints into DIR/checkpoints.<why>-<time>/ (kept whole)."""
+  if not steps:
+    return None
+  ckpt_dir = epath.Path(workdir) / "checkpoints"
+  aside = epath.Path(workdir) / f"checkpoints.{why}-{_stamp()}"
+  aside.mkdir(parents=True, exist_ok=True)
+  for s in steps:
+    (ckpt_dir / str(s)).rename(aside / str(s))
+  log(f"checkpoint: moved step(s) {steps} to {aside}")
+  return str(aside)
 
 
 def truncate_metrics(path: str, step: int) -> None:
   """On resume from `step`, drop records of later steps (they will be produced again) and a line
-  torn by a kill mid-write."""
-  if not os.path.isfile(path):
+  torn by a kill mid-write. The old file is rewritten only through a complete temporary copy."""
+  p = epath.Path(path)
+  if not p.is_file():
     return
   kept = []
-  with open(path) as f:
-    for line in f:
+  for line in p.read_text().splitlines():
+    try:
+      if json.loads(line).get("step", 0) <= step:
+        kept.append(line + "\n")
+    except json.JSONDecodeError:
+      continue
+  tmp = p.parent / (p.name + ".tmp")
+  tmp.write_text("".join(kept))
+  tmp.replace(p) if not is_remote(path) else tmp.rename(p)
+
+
+def write_config(workdir: str, text: str) -> None:
+  p = epath.Path(workdir)
+  p.mkdir(parents=True, exist_ok=True)
+  (p / "config.json").write_text(text)
+
+
+# ------------------------------------------------------------------ the lock
+def _process_start(pid: int) -> str | None:
+  """The kernel's start time of `pid` (Linux), which tells a live process from a reused pid."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[19]
+  except (OSError, IndexError):
+    return None
+
+
+def _alive(owner: dict) -> bool | None:
+  """Whether the lock's owner still runs: True/False on this host, None (unknown) on another."""
+  if owner.get("host") != socket.gethostname():
+    return None
+  pid = int(owner.get("pid", -1))
+  if os.path.isdir("/proc"):
+    start = _process_start(pid)
+    return start is not None and start == owner.get("start")
+  try:  # no /proc: the pid alone (a reused pid reads as alive; --break_lock then)
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    pass
+  return True
+
+
+class WorkdirLock:
+  """DIR/run.lock: {host, pid, start, since} of the run that writes DIR. A second run on the same
+  workdir stops with one line naming the owner. A lock whose process is gone (killed, crashed) is
+  stale: reported and taken over. Another host's lock cannot be checked: --break_lock takes it."""
+
+  def __init__(self, workdir: str, break_lock: bool = False, log=print):
+    self.path = epath.Path(workdir) / LOCK_NAME
+    self.break_lock, self.log = break_lock, log
+    self.held = False
+
+  def acquire(self) -> "WorkdirLock":
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid()),
+          "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+      if self._create(json.dumps(me)):
+        self.held = True
+        return self
       try:
-        if json.loads(line).get("step", 0) <= step:
-          kept.append(line if line.endswith("\n") else line + "\n")
-      except json.JSONDecodeError:
-        continue
-  with open(path + ".tmp", "w") as f:
-    f.writelines(kept)
-  os.replace(path + ".tmp", path)
+        owner = json.loads(self.path.read_text())
+      except (OSError, json.JSONDecodeError, FileNotFoundError):
+        owner = {}
+      alive = _alive(owner) if owner else False
+      who = f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('since')}" if owner else "an unreadable lock"
+      if alive and not self.break_lock:
+        raise CheckpointError(f"workdir {self.path.parent} is in use by the run of {who} ({self.path}); "
+                              "stop that run or use another --workdir")
+      if alive is None and not self.break_lock:
+        raise CheckpointError(f"workdir {self.path.parent} is locked by {who} ({self.path}), which cannot be "
+                              "checked from this host; if that run is gone, rerun with --break_lock")
+      self.log(f"workdir: {'breaking the lock' if alive or alive is None else 'stale lock'} of {who} "
+               f"({'--break_lock' if alive or alive is None else 'that process is gone'}); taking it over")
+      self.path.unlink(missing_ok=True)
+    raise CheckpointError(f"workdir {self.path.parent}: could not take {self.path} (another run took it first)")
+
+  def _create(self, text: str) -> bool:
+    if is_remote(str(self.path)):  # object stores: no O_EXCL; check-then-write, good enough for humans
+      if self.path.exists():
+        return False
+      self.path.write_text(text)
+      return True
+    try:
+      fd = os.open(str(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+    return True
+
+  def release(self) -> None:
+    if self.held:
+      self.path.unlink(missing_ok=True)
+      self.held = False
