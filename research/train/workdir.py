@@ -82,7 +82,7 @@ def move_steps_aside(workdir: str, steps: list[int], why: str, log) -> str | Non
 
 def truncate_metrics(path: str, step: int) -> None:
   """On resume from `step`, drop records of later steps (they will be produced again) and a line
-  torn by a kill mid-write. The old file is rewritten only through a complete temporary copy."""
+  torn by a kill mid-write. A local file is replaced by a complete temporary copy, never half-written."""
   p = epath.Path(path)
   if not p.is_file():
     return
@@ -93,9 +93,12 @@ def truncate_metrics(path: str, step: int) -> None:
         kept.append(line + "\n")
     except json.JSONDecodeError:
       continue
+  if is_remote(path):  # an object is replaced whole by one write
+    p.write_text("".join(kept))
+    return
   tmp = p.parent / (p.name + ".tmp")
   tmp.write_text("".join(kept))
-  tmp.replace(p) if not is_remote(path) else tmp.rename(p)
+  os.replace(str(tmp), str(p))
 
 
 def write_config(workdir: str, text: str) -> None:

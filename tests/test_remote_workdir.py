@@ -1,0 +1,98 @@
+"""Remote workdirs (gs://bucket/run): every file the trainer writes besides Orbax's goes through
+etils.epath, never os.path, so no host makes a local copy named 'gs:'. Without the network, gs:// is
+served here by fsspec's in-memory filesystem under the name epath asks for."""
+import json
+import os
+
+import fsspec
+import pytest
+from etils import epath
+from fsspec.implementations.memory import MemoryFileSystem
+
+from research.checkpoint.loading import resolve_step_dir
+from research.train import trainer as trainer_lib
+from research.train.metrics import MetricsWriter
+from research.train.workdir import (WorkdirLock, checkpoint_steps, move_previous_run_aside, move_steps_aside,
+                                    resolve_workdir, truncate_metrics, write_config)
+
+RUN = "gs://bucket/run"
+
+
+class InMemoryGCS(MemoryFileSystem):
+  protocol = ("gs", "gcs")
+
+  def __init__(self, *args, finalize_on_close=False, **kwargs):  # epath passes gcsfs's option
+    super().__init__(*args, **kwargs)
+
+
+@pytest.fixture
+def gcs(monkeypatch):
+  saved = {k: fsspec.registry.get(k) for k in ("gs", "gcs")}
+  for name in ("gs", "gcs"):
+    fsspec.register_implementation(name, InMemoryGCS, clobber=True)
+  MemoryFileSystem.store.clear()
+  MemoryFileSystem.pseudo_dirs[:] = [""]
+  real_abspath, real_makedirs = os.path.abspath, os.makedirs
+
+  def refuse(fn):
+    def wrapped(path, *a, **k):
+      assert "://" not in str(path), f"{fn.__name__}({path!r}): a remote path went through os.path"
+      return fn(path, *a, **k)
+    return wrapped
+
+  monkeypatch.setattr(os.path, "abspath", refuse(real_abspath))
+  monkeypatch.setattr(os, "makedirs", refuse(real_makedirs))
+  yield
+  MemoryFileSystem.store.clear()
+  for name, cls in saved.items():
+    if cls is not None:
+      fsspec.register_implementation(name, cls, clobber=True)
+
+
+def test_workdir_files_on_a_remote_path(gcs):
+  assert resolve_workdir(RUN) == RUN
+  root = epath.Path(RUN)
+  lock = WorkdirLock(RUN, log=lambda *a: None).acquire()
+  assert json.loads((root / "run.lock").read_text())["pid"] == os.getpid()
+  write_config(RUN, '{"seed": 1}')
+  writer = MetricsWriter(RUN, tensorboard=False)
+  for step in (1, 2, 3):
+    writer.write(step, {"loss": float(step)})
+  truncate_metrics(f"{RUN}/metrics.jsonl", 2)
+  assert [json.loads(l)["step"] for l in (root / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+  writer = MetricsWriter(RUN, tensorboard=False)  # a resumed run keeps what is there
+  writer.write(3, {"loss": 3.0})
+  assert len((root / "metrics.jsonl").read_text().splitlines()) == 3
+  for step in (4, 8):
+    (root / "checkpoints" / str(step) / "state").mkdir(parents=True)
+    (root / "checkpoints" / str(step) / "state" / "x").write_text("bytes")
+  assert checkpoint_steps(f"{RUN}/checkpoints") == [4, 8]
+  assert resolve_step_dir(RUN) == (f"{RUN}/checkpoints", 8)
+  move_steps_aside(RUN, [8], "after-4", lambda *a: None)
+  assert checkpoint_steps(f"{RUN}/checkpoints") == [4]
+  move_previous_run_aside(RUN, lambda *a: None)
+  names = sorted(p.name for p in root.iterdir())
+  assert not (root / "checkpoints").exists() and any(n.startswith("checkpoints.before-") for n in names), names
+  lock.release()
+  assert not (root / "run.lock").exists()
+
+
+def test_train_hands_the_remote_path_to_orbax_unchanged(gcs, tiny_cfg, monkeypatch):
+  class Stop(Exception):
+    pass
+
+  seen = {}
+
+  class Recorder:
+    def __init__(self, directory, *args, **kwargs):
+      seen["directory"] = directory
+      seen["lock"] = (epath.Path(RUN) / "run.lock").exists()
+      raise Stop
+
+  monkeypatch.setattr(trainer_lib, "Checkpointer", Recorder)
+  tiny_cfg.train.tensorboard = False
+  with pytest.raises(Stop):
+    trainer_lib.train(tiny_cfg, RUN, log=lambda *a: None)
+  assert seen == {"directory": f"{RUN}/checkpoints", "lock": True}
+  assert not os.path.exists("gs:")  # no local stand-in was made
+  assert not (epath.Path(RUN) / "run.lock").exists()  # released on the way out
