@@ -9,6 +9,11 @@
   python scripts/benchmark.py --mode=data --config=experiments/<name>.py [--steps=N]
       the data pipeline alone (read, tokenize, pack/chunk, batch): tokens_per_sec, and the ratio to
       what the train step consumes when --compare_train is set.
+  python scripts/benchmark.py --mode=quality --char_data=PATH/TO/tinyshakespeare/input.txt [--quality_runs=a,b]
+      [--seeds=1337,7] [--workdir_root=runs/quality]
+      the training results README.md and PERFORMANCE.md quote (research/perf/quality.py), trained from
+      step 0: each final eval loss beside its recorded value; exit 1 if one is outside its tolerance.
+      Run it before landing a speed change.
 """
 import json
 import os
@@ -26,7 +31,7 @@ from absl import app, flags, logging  # noqa: E402
 from research.config.cli import absl_flags_parser, load_config  # noqa: E402
 
 flags.DEFINE_string("config", None, "Experiment file, optionally with a variant.")
-flags.DEFINE_enum("mode", "train", ["train", "data"], "What to measure.")
+flags.DEFINE_enum("mode", "train", ["train", "data", "quality"], "What to measure.")
 flags.DEFINE_integer("steps", 20, "Measured steps (train) or batches (data).")
 flags.DEFINE_integer("warmup", 3, "Steps or batches before measuring.")
 flags.DEFINE_bool("compare_train", False, "data mode: also measure the train step and report the ratio.")
@@ -34,7 +39,10 @@ flags.DEFINE_bool("compare_pytorch", False, "train mode: also time a PyTorch (HF
                   "same model and optimizer on this machine.")
 flags.DEFINE_bool("pytorch_compile", False, "with --compare_pytorch: torch.compile the PyTorch model.")
 flags.DEFINE_bool("pytorch_bf16", False, "with --compare_pytorch: run PyTorch under bf16 autocast.")
-flags.mark_flags_as_required(["config"])
+flags.DEFINE_list("quality_runs", None, "quality mode: which runs (default: all of research/perf/quality.py RUNS).")
+flags.DEFINE_list("seeds", [], "quality mode: train each run with these seeds (default: the experiment's own).")
+flags.DEFINE_string("char_data", "", "quality mode: nanoGPT's tinyshakespeare input.txt (for nanogpt_char).")
+flags.DEFINE_string("workdir_root", "runs/quality", "quality mode: each run's workdir goes under here.")
 FLAGS = flags.FLAGS
 parse_flags, _OVERRIDES = absl_flags_parser(FLAGS)
 
@@ -43,6 +51,20 @@ def main(_):
   logging.set_verbosity(logging.ERROR)
   from research.plan.targets import quiet_libtpu_without_tpu
   quiet_libtpu_without_tpu()  # libtpu installed for planning, no TPU here: no start-up noise
+  if FLAGS.mode == "quality":
+    from research.perf.quality import RUNS, run_quality
+    try:
+      result = run_quality(FLAGS.quality_runs or list(RUNS), FLAGS.workdir_root, FLAGS.char_data,
+                           [int(s) for s in FLAGS.seeds])
+    except ValueError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
+    result.update(time=time.strftime("%Y-%m-%d %H:%M:%S"))
+    print(json.dumps(result))
+    sys.exit(0 if result["all_within_tolerance"] else 1)
+  if not FLAGS.config:
+    print("error: --config is required for --mode=train and --mode=data", file=sys.stderr)
+    sys.exit(1)
   from research.perf.benchmark import benchmark_data, benchmark_train
   cfg = load_config(FLAGS.config, _OVERRIDES)
   if FLAGS.mode == "train":

@@ -150,3 +150,37 @@ def test_mixture_follows_weights(tmp_path, tiny_cfg):
   tokens = np.concatenate([b["inputs"][b["weights"] > 0] for b in _take(iter(p.train_dataset(8, 32, seed=0)), 10)])
   share_a = (tokens == ord("a")).sum() / ((tokens == ord("a")).sum() + (tokens == ord("b")).sum())
   assert 0.65 < share_a < 0.85
+
+
+def test_rows_of_one_long_document_come_in_a_seeded_random_order(tiny_cfg, tmp_path):
+  """A one-file corpus (nanoGPT's input.txt) is one document far longer than a row: without the row
+  shuffle its rows came in file order, every batch adjacent text."""
+  lines = "".join(f"line {i:05d} of the only document\n" for i in range(3000))
+  (tmp_path / "one").mkdir()
+  (tmp_path / "one" / "input.txt").write_text(lines)
+  text = lines.encode()
+
+  def starts(shuffle_rows, seed, n=6):
+    p = _pipeline(tiny_cfg, path=str(tmp_path / "one"), val_files=(), val_fraction=0.1, doc_split="file",
+                  packing="chunk", shuffle_rows=shuffle_rows)
+    rows = np.concatenate([b["inputs"] for b in _take(iter(p.train_dataset(8, 32, seed=seed)), n)])
+    return [text.find(bytes(r.astype(np.uint8))) for r in rows]
+
+  in_order = starts(0, seed=0)
+  assert in_order == sorted(in_order)  # what documents-only shuffling gave
+  shuffled = starts(4096, seed=0)
+  assert min(shuffled) >= 0 and shuffled != sorted(shuffled)
+  assert max(shuffled) - min(shuffled) > len(text) // 2  # the 48 rows come from all over the file
+  assert starts(4096, seed=0) == shuffled and starts(4096, seed=1) != shuffled  # seeded
+
+
+def test_resume_inside_a_shuffle_window_is_exact(tiny_cfg):
+  p = _pipeline(tiny_cfg, doc_split="blank_lines", packing="pack", shuffle_rows=24)
+  uninterrupted = _take(iter(p.train_dataset(8, 32, seed=3)), 10)
+  it = iter(p.train_dataset(8, 32, seed=3))
+  _take(it, 4)  # 32 rows: inside the second window of 24
+  state = json.loads(json.dumps(it.get_state()))
+  assert len(json.dumps(state)) < 4096
+  resumed = iter(p.train_dataset(8, 32, seed=3))
+  resumed.set_state(state)
+  _same(_take(resumed, 6), uninterrupted[4:])

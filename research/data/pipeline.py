@@ -23,6 +23,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from research.data.row_shuffle import RowShuffleIterDataset
 from research.data.sources import Source, open_sources, text_of
 from research.data.tokenizers import Tokenizer, make_tokenizer
 
@@ -127,10 +128,7 @@ class DataPipeline:
     ds = rows_from_documents(mixed, self.cfg.packing, seq_len, seed + 104729 * index, num_bins=rows,
                              shuffle_bins=True)
     if self.cfg.shuffle_rows > 1:
-      # Grain reads a window of rows, emits it in a seeded order and checkpoints only where the window
-      # started and how far into it we are (a small dict): resume re-reads the window, exactly.
-      ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=self.cfg.shuffle_rows,
-                                                       seed=seed + 15485863 * (index + 1))
+      ds = RowShuffleIterDataset(ds, self.cfg.shuffle_rows, seed=seed + 15485863 * (index + 1))
     ds = ds.batch(rows, drop_remainder=True)
     if self.cfg.num_workers > 0:
       ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.cfg.num_workers))
