@@ -49,7 +49,8 @@ NON_NEGATIVE = ("model.vocab_size", "model.num_kv_heads", "model.head_dim", "mod
                 "optimizer.final_learning_rate", "data.num_workers", "data.read_threads",
                 "checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.keep_every_steps",
                 "checkpoint.keep_best", "data.streams", "train.profile_start_step",
-                "train.profile_stop_step", "train.cost_per_device_hour")
+                "train.profile_stop_step", "train.cost_per_device_hour",
+                "train.max_consecutive_skips")
 
 
 def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
