@@ -29,6 +29,7 @@ from research.train.evaluation import evaluate
 from research.train.metrics import MetricsWriter, Progress
 from research.train.profiler import StepProfiler
 from research.train.program import build_program
+from research.train.schedules import fit_warmup
 from research.train.workdir import check_resume, prepare_workdir, truncate_metrics
 
 
@@ -89,6 +90,8 @@ def train(cfg, workdir: str, log=print, resume: str | int = "latest", dry_run: b
   # ---------------------------------------------------------------- setup
   t_start = time.time()
   devices = jax.devices()
+  warmup, warmup_note = fit_warmup(cfg.optimizer, cfg.train.num_steps)  # a short run of a long experiment
+  cfg.optimizer.warmup_steps = warmup
   validate_config(cfg, len(devices))
   if cfg.train.compilation_cache_dir:
     # JAX opens its persistent cache at the process's first compile, so this must come before any
@@ -97,6 +100,8 @@ def train(cfg, workdir: str, log=print, resume: str | int = "latest", dry_run: b
   pid, nproc = jax.process_index(), jax.process_count()
   is_main = pid == 0
   log = log if is_main else (lambda *a, **k: None)
+  if warmup_note:
+    log(warmup_note)
   mesh = make_mesh(cfg.mesh.shape, devices, cfg.mesh.dcn_shape)
   t = cfg.train
 
