@@ -5,6 +5,7 @@ Every failure is a `ConfigError` whose message is one line naming the key and wh
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import ml_collections
@@ -51,6 +52,10 @@ NON_NEGATIVE = ("model.vocab_size", "model.num_kv_heads", "model.head_dim", "mod
                 "checkpoint.keep_best", "data.streams", "train.profile_start_step",
                 "train.profile_stop_step", "train.cost_per_device_hour",
                 "train.max_consecutive_skips")
+
+# Tuple keys whose elements are strings: an empty default says nothing about the element type, and
+# '--config.data.val_files=1,2' must give file names, not ints (cli.py parses them as strings).
+STRING_TUPLES = ("data.val_files", "optimizer.no_decay")
 
 
 def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
@@ -105,6 +110,14 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int, need_data:
     # most; a NaN checkpoint.every_minutes, for one, silently never saves by time.
     if isinstance(default, float) and not math.isfinite(values[key]):
       raise ConfigError(f"{key}={values[key]} must be a finite number")
+  for key in STRING_TUPLES:
+    if not all(isinstance(v, str) for v in values[key]):
+      raise ConfigError(f"{key}={tuple(values[key])!r} must be a tuple of strings")
+  for pattern in values["optimizer.no_decay"]:
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      raise ConfigError(f"optimizer.no_decay: {pattern!r} is not a regular expression ({e})") from None
   for key, allowed in CHOICES.items():
     if values[key] not in allowed:
       raise ConfigError(f"{key}={values[key]!r} is not one of {', '.join(allowed)}")
