@@ -14,6 +14,8 @@ Packages, in the order data flows through a run:
 
 def load_model(path: str):
   """(model, config) from a workdir or a checkpoint step directory; model(tokens_BxL) -> logits_BxLxV."""
+  from research.plan.targets import quiet_libtpu_without_tpu
+  quiet_libtpu_without_tpu()  # before JAX's backend starts: no libtpu errors where libtpu has no TPU
   from research.checkpoint.loading import load_model as _load
   return _load(path)
 

@@ -10,7 +10,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 
 flags.DEFINE_string("checkpoint", None, "A workdir (its newest checkpoint), a checkpoints/ dir or a step dir.")
-flags.DEFINE_string("out", None, "The .safetensors file to write; the config goes to the same name .json.")
+flags.DEFINE_string("out", None, "The .safetensors file to write (the suffix is added when missing); the config "
+                    "goes to the same name with .json.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"], "Dtype of the written tensors.")
 flags.mark_flags_as_required(["checkpoint", "out"])
 FLAGS = flags.FLAGS
@@ -18,8 +19,15 @@ FLAGS = flags.FLAGS
 
 def main(_):
   logging.set_verbosity(logging.ERROR)
+  from research.plan.targets import quiet_libtpu_without_tpu
+  quiet_libtpu_without_tpu()  # libtpu installed for planning, no TPU here: no start-up noise
   from research.checkpoint import CheckpointError
-  from research.checkpoint.loading import export_safetensors
+  from research.checkpoint.loading import export_paths, export_safetensors
+  try:
+    export_paths(FLAGS.out)
+  except ValueError as e:
+    print(f"error: --out={e}", file=sys.stderr)
+    sys.exit(1)
   try:
     tensors, config = export_safetensors(FLAGS.checkpoint, FLAGS.out, FLAGS.dtype)
   except CheckpointError as e:

@@ -53,6 +53,34 @@ def test_validation_errors(change, message):
   assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("key", ["optimizer.learning_rate", "optimizer.eps", "optimizer.weight_decay",
+                                 "optimizer.grad_clip_norm", "model.norm_eps", "model.init_std",
+                                 "checkpoint.every_minutes"])
+@pytest.mark.parametrize("value, message", [
+    ("nan", "must be a finite number"), ("inf", "must be a finite number"), ("-1e-3", "must be >= 0|must be > 0")])
+def test_float_keys_reject_nan_inf_and_negative(key, value, message):
+  cfg = apply_overrides(_valid(), [f"--config.{key}={value}"])
+  with pytest.raises(ConfigError, match=f"^{key}={value if value != '-1e-3' else '-0.001'} ({message})$"):
+    validate_config(cfg, 8)
+
+
+def test_every_float_key_must_be_finite():
+  from research.config.validate import _flatten
+  floats = [k for k, v in _flatten(base_config()).items() if isinstance(v, float)]
+  assert len(floats) > 10
+  for key in floats:
+    cfg = apply_overrides(_valid(), [f"--config.{key}=nan"])
+    with pytest.raises(ConfigError, match=f"^{key}=nan must be a finite number$"):
+      validate_config(cfg, 8)
+
+
+@pytest.mark.parametrize("key", ["optimizer.eps", "model.norm_eps", "model.init_std"])
+def test_epsilons_and_init_std_must_be_positive(key):
+  cfg = apply_overrides(_valid(), [f"--config.{key}=0"])
+  with pytest.raises(ConfigError, match=f"^{key}=0.0 must be > 0$"):
+    validate_config(cfg, 8)
+
+
 def test_unknown_key_in_experiment_file_is_rejected():
   cfg = _valid()
   with cfg.unlocked():

@@ -61,6 +61,34 @@ def test_nonfinite_update_is_not_applied(tiny_cfg):
   assert float(metrics["learning_rate"]) == pytest.approx(float(program.schedule(0)))
 
 
+def test_nonfinite_parameters_from_finite_gradients_are_not_applied(tiny_cfg):
+  # 1e39 is a finite Python float but overflows float32: loss and gradients are finite, the update is not.
+  tiny_cfg.optimizer.update(schedule="constant", warmup_steps=0, learning_rate=1e39, final_learning_rate=0.0)
+  program = _program(tiny_cfg)
+  state = program.init_state()
+  step = program.compile_train_step()
+  before = jax.device_get(state)
+  state, metrics = step(state, program.put_batch(_batch()))
+  assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+  assert not bool(metrics["finite"]) and not bool(metrics["update_finite"])
+  assert int(metrics["skipped_steps"]) == 1
+  jax.tree.map(np.testing.assert_array_equal, before.params, jax.device_get(state.params))
+  jax.tree.map(np.testing.assert_array_equal, before.opt_state, jax.device_get(state.opt_state))
+
+
+def test_skip_stops_the_run_past_max_consecutive_skips(tiny_cfg, tmp_path, capsys):
+  from research.train.trainer import NonFiniteError, train
+  tiny_cfg.optimizer.update(schedule="constant", warmup_steps=0, learning_rate=1e39, final_learning_rate=0.0)
+  tiny_cfg.train.update(nonfinite="skip", max_consecutive_skips=3, eval_every=0, sample_at_end=0)
+  tiny_cfg.checkpoint.update(every_steps=0, save_at_end=False)
+  with pytest.raises(NonFiniteError, match=r"^step 4: 4 steps in a row skipped for NaN/Inf, more than "
+                     r"train.max_consecutive_skips=3; the run is not learning \(") as err:
+    train(tiny_cfg, str(tmp_path), log=lambda *a: None)
+  assert "\n" not in str(err.value)
+  skipped = [line for line in capsys.readouterr().out.splitlines() if "the update was not applied" in line]
+  assert len(skipped) == 3 and "are finite but the updated parameters are not" in skipped[0]
+
+
 def test_same_seed_same_losses_bitwise(tiny_cfg):
   tiny_cfg.model.dropout = 0.1
   runs = []

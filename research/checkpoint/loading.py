@@ -3,6 +3,7 @@ for finetuning (with renamed and new keys), and export to safetensors."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Callable
 
@@ -31,12 +32,25 @@ def resolve_step_dir(path: str) -> tuple[str, int]:
   return directory, steps[-1]
 
 
+class _NoReadOnlyNotice(logging.Filter):
+  """Orbax warns 'Given directory is read only' for every read-only manager: reading is all we do."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Given directory is read only")
+
+
 def _manager(directory: str) -> ocp.CheckpointManager:
   # The state is read with the PyTree handler (the format StandardSave writes), which can restore a
   # subtree: loading a model reads the parameters, not the optimizer state (2x their size with Adam).
   handlers = {**_handlers(), "state": ocp.PyTreeCheckpointHandler()}
-  return ocp.CheckpointManager(directory, item_handlers=handlers,
-                               options=ocp.CheckpointManagerOptions(read_only=True))
+  # save_interval_steps and create as read_only needs them, or Orbax warns that it changed them.
+  options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
+  absl_logger, notice = logging.getLogger("absl"), _NoReadOnlyNotice()
+  absl_logger.addFilter(notice)
+  try:
+    return ocp.CheckpointManager(directory, item_handlers=handlers, options=options)
+  finally:
+    absl_logger.removeFilter(notice)
 
 
 def read_config(path: str) -> ml_collections.ConfigDict:
@@ -105,19 +119,32 @@ def load_model(path: str):
   return nnx.merge(graphdef, jax.tree.map(jnp.asarray, params)), cfg
 
 
+def export_paths(out: str) -> tuple[str, str]:
+  """(tensors path, config path) for an export to `out`: 'model' and 'model.safetensors' give
+  model.safetensors + model.json. Any other suffix is a ValueError: the config, written to the same
+  name with .json, would overwrite the tensors of 'model.json' (or sit oddly beside 'model.bin')."""
+  stem, suffix = os.path.splitext(out)
+  if suffix not in ("", ".safetensors") or not os.path.basename(stem):
+    example = stem if os.path.basename(stem) else os.path.join(stem, "model")
+    raise ValueError(f"{out}: the export must be a .safetensors file, e.g. {example}.safetensors "
+                     "(the config is written beside it as .json)")
+  return stem + ".safetensors", stem + ".json"
+
+
 def export_safetensors(path: str, out: str, dtype: str = "float32") -> tuple[str, str]:
-  """Writes the parameters as safetensors ('blocks.0.attn.q.kernel', ...) and the config as JSON
-  beside it (same name, .json). Returns both paths."""
+  """Writes the parameters as safetensors ('blocks.0.attn.q.kernel', ...) to `out` (.safetensors added
+  when it has no suffix) and the config as JSON beside it (same name, .json). Returns both paths."""
   from safetensors.flax import save_file
   from research.train.state import abstract_model
+  out, config_path = export_paths(out)
   cfg = read_config(path)
   _, abstract_params, _ = abstract_model(cfg.model)
   params = restore_params(path, abstract_params)
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
   tensors = {path_str(p).replace("/", "."): jnp.asarray(v, dtype=jnp.dtype(dtype)) for p, v in flat}
   directory, step = resolve_step_dir(path)
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   save_file(tensors, out, metadata={"format": "research", "step": str(step), "dtype": dtype})
-  config_path = os.path.splitext(out)[0] + ".json"
   with open(config_path, "w") as f:
     json.dump(cfg.to_dict(), f, indent=1)
   return out, config_path

@@ -94,7 +94,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 10
   c.train.eval_every = 200       # 0: only at the end
   c.train.eval_batches = 20      # batches of train.batch_size sequences per evaluation (0: whole split)
-  c.train.nonfinite = "stop"     # on a NaN/Inf loss or gradient: stop | skip (skip the update, count it)
+  c.train.nonfinite = "stop"     # on a NaN/Inf loss, gradient or updated parameters: stop | skip (skip
+                                 # the update, count it)
+  c.train.max_consecutive_skips = 10  # skip: stop the run after this many skipped steps in a row (a run
+                                 # that skips every step learns nothing); 0: never stop
   c.train.sample_at_end = 3      # lines sampled from the model when training ends (0: none)
   c.train.sample_tokens = 64
   c.train.sample_temperature = 0.8

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import ml_collections
 
-from research.config.validate import ConfigError
+from research.config.validate import STRING_TUPLES, ConfigError
 
 PREFIX = "--config."
 
@@ -62,6 +62,8 @@ def _parse_value(key: str, text: str, current):
       return float(text)
     except ValueError:
       fail("a number")
+  if key in STRING_TUPLES:
+    return _parse_strings(text)
   if isinstance(current, (tuple, list)):
     try:
       value = ast.literal_eval(text if text.strip().startswith(("(", "[")) else f"({text},)")
@@ -71,6 +73,18 @@ def _parse_value(key: str, text: str, current):
       fail("a tuple such as (2,2,2)")
     return tuple(value)
   return text
+
+
+def _parse_strings(text: str) -> tuple[str, ...]:
+  """'a.txt,b.txt' -> ('a.txt', 'b.txt'); "('a', 'b')" as Python; '1,2' -> ('1', '2'), not ints."""
+  if text.strip().startswith(("(", "[")):
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = None  # e.g. a regex such as (embed|pos_embed)/
+    if isinstance(value, (tuple, list)):
+      return tuple(str(v) for v in value)
+  return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
@@ -96,21 +110,35 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
   return cfg
 
 
-def expand_flagfiles(args: Sequence[str]) -> list[str]:
-  """Replaces each '--flagfile=FILE' by the flags in FILE (one per line; '#' comments), as absl
-  would, so that files of '--config.<key>=<value>' lines (e.g. from --autofit_out) work too."""
+def expand_flagfiles(args: Sequence[str], _including: tuple[str, ...] = ()) -> list[str]:
+  """Replaces each '--flagfile=FILE' (or '--flagfile FILE', one dash or two) by the flags in FILE (one
+  per line; '#' comments), as absl would, so that files of '--config.<key>=<value>' lines (e.g. from
+  --autofit_out) work too. A file may include others, but not itself (directly or through others)."""
   out: list[str] = []
-  for a in args:
-    if not a.startswith("--flagfile="):
+  args = list(args)
+  i = 0
+  while i < len(args):
+    a = args[i]
+    i += 1
+    name, eq, path = a.lstrip("-").partition("=")
+    if name != "flagfile" or not a.startswith("-"):
       out.append(a)
       continue
-    path = a.split("=", 1)[1]
+    if not eq:  # '--flagfile FILE'
+      if i == len(args):
+        raise ConfigError(f"{a} needs a file name: --flagfile=FILE")
+      path, i = args[i], i + 1
+    real = os.path.realpath(path)
+    if real in _including:
+      chain = " -> ".join(list(_including[_including.index(real):]) + [real])
+      raise ConfigError(f"--flagfile={path} includes itself ({chain})")
     try:
       with open(path) as f:
         lines = [line.strip() for line in f]
     except OSError as e:
       raise ConfigError(f"--flagfile={path}: {e.strerror}") from None
-    out.extend(expand_flagfiles([line for line in lines if line and not line.startswith("#")]))
+    out.extend(expand_flagfiles([line for line in lines if line and not line.startswith("#")],
+                                _including + (real,)))
   return out
 
 

@@ -4,6 +4,8 @@ Every failure is a `ConfigError` whose message is one line naming the key and wh
 """
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 import ml_collections
@@ -39,7 +41,8 @@ CHOICES = {
 POSITIVE = ("model.max_seq_len", "model.num_layers", "model.embed_dim", "model.num_heads",
             "model.vocab_multiple", "train.num_steps", "train.batch_size", "train.seq_len",
             "train.microbatches", "train.log_every", "data.vocab_size", "data.spm_max_documents",
-            "checkpoint.keep_last")
+            "checkpoint.keep_last", "optimizer.eps", "model.norm_eps", "model.init_std",
+            "model.rope_theta")
 NON_NEGATIVE = ("model.vocab_size", "model.num_kv_heads", "model.head_dim", "model.mlp_dim",
                 "train.eval_every", "train.eval_batches", "train.loss_chunks", "train.sample_at_end",
                 "train.sample_tokens", "optimizer.warmup_steps", "optimizer.decay_steps",
@@ -47,7 +50,12 @@ NON_NEGATIVE = ("model.vocab_size", "model.num_kv_heads", "model.head_dim", "mod
                 "optimizer.final_learning_rate", "data.num_workers", "data.read_threads",
                 "checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.keep_every_steps",
                 "checkpoint.keep_best", "data.streams", "data.shuffle_rows", "train.profile_start_step",
-                "train.profile_stop_step", "train.cost_per_device_hour")
+                "train.profile_stop_step", "train.cost_per_device_hour",
+                "train.max_consecutive_skips")
+
+# Tuple keys whose elements are strings: an empty default says nothing about the element type, and
+# '--config.data.val_files=1,2' must give file names, not ints (cli.py parses them as strings).
+STRING_TUPLES = ("data.val_files", "optimizer.no_decay")
 
 
 def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
@@ -98,6 +106,18 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int, need_data:
       raise ConfigError(f"config key {key} is missing; experiments must start from base_config()")
     if not _type_ok(default, values[key]):
       raise ConfigError(f"{key}={values[key]!r} must be {_type_name(default)}")
+    # NaN passes every `<` / `<=` range check below (comparisons with NaN are False), and Inf passes
+    # most; a NaN checkpoint.every_minutes, for one, silently never saves by time.
+    if isinstance(default, float) and not math.isfinite(values[key]):
+      raise ConfigError(f"{key}={values[key]} must be a finite number")
+  for key in STRING_TUPLES:
+    if not all(isinstance(v, str) for v in values[key]):
+      raise ConfigError(f"{key}={tuple(values[key])!r} must be a tuple of strings")
+  for pattern in values["optimizer.no_decay"]:
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      raise ConfigError(f"optimizer.no_decay: {pattern!r} is not a regular expression ({e})") from None
   for key, allowed in CHOICES.items():
     if values[key] not in allowed:
       raise ConfigError(f"{key}={values[key]!r} is not one of {', '.join(allowed)}")

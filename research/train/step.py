@@ -40,6 +40,12 @@ def loss_sums(graphdef, params, batch, dropout_rng, loss_chunks: int = 0) -> tup
   return loss_sum, weights_BxL.sum()
 
 
+def all_finite(tree) -> jax.Array:
+  """One bool: every element of every leaf is finite (one pass over the leaves; not a sum of squares,
+  which overflows to Inf for large but finite values)."""
+  return jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]).all()
+
+
 def _split_microbatches(batch, num: int):
   """[B, ...] -> [num, B/num, ...], microbatch i taking rows i, i+num, ... so every device's local
   rows feed every microbatch (no data movement across the batch-sharded axis)."""
@@ -57,8 +63,9 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule:
 
   The gradient is the mean over all weighted tokens of the global batch, accumulated over
   `microbatches` sequential chunks (so accumulation equals one large-batch step). An update whose
-  loss or gradient is not finite is not applied (params and optimizer state stay as they were);
-  `metrics['finite']` tells the host, which stops or counts per `train.nonfinite`.
+  loss, gradient or resulting parameters are not finite is not applied (params and optimizer state
+  stay as they were); `metrics['finite']` tells the host, which stops or counts per `train.nonfinite`
+  (`metrics['update_finite']` says whether the parameters were the cause).
   """
   grad_fn = jax.value_and_grad(lambda p, b, r: loss_sums(graphdef, p, b, r, loss_chunks), has_aux=True)
 
@@ -81,10 +88,13 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule:
     loss = loss_sum / denom
     grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state.params)
     grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
     updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
+    # Finite loss and gradients can still give non-finite parameters (a learning rate that overflows,
+    # bfloat16 parameters past their range); such an update is skipped too.
+    update_finite = all_finite(new_params)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & update_finite
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     applied = state.step - state.skipped_steps  # optimizer updates so far = the schedule's count
     new_state = state.replace(
@@ -94,7 +104,7 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule:
         skipped_steps=state.skipped_steps + (1 - finite.astype(jnp.int32)),
     )
     metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(applied),
-               "finite": finite, "skipped_steps": new_state.skipped_steps, "tokens": weight_sum}
+               "finite": finite, "update_finite": update_finite, "skipped_steps": new_state.skipped_steps, "tokens": weight_sum}
     return new_state, metrics
 
   return train_step

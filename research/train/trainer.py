@@ -30,12 +30,14 @@ from research.train.evaluation import evaluate
 from research.train.metrics import MetricsWriter, Progress
 from research.train.profiler import StepProfiler
 from research.train.program import build_program
+from research.train.schedules import fit_warmup
 from research.train.workdir import (WorkdirLock, check_resume, checkpoint_steps, move_previous_run_aside,
                                     move_steps_aside, resolve_workdir, truncate_metrics, write_config)
 
 
 class NonFiniteError(RuntimeError):
-  """The loss or gradient was NaN/Inf and train.nonfinite is 'stop'."""
+  """A step's loss, gradient or updated parameters were NaN/Inf and train.nonfinite is 'stop', or it
+  is 'skip' and more than train.max_consecutive_skips steps in a row were skipped."""
 
 
 def resolve_vocab(cfg, tokenizer) -> None:
@@ -116,6 +118,8 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
   # ---------------------------------------------------------------- setup
   t_start = time.time()
   devices = jax.devices()
+  warmup, warmup_note = fit_warmup(cfg.optimizer, cfg.train.num_steps)  # a short run of a long experiment
+  cfg.optimizer.warmup_steps = warmup
   validate_config(cfg, len(devices))
   if cfg.train.compilation_cache_dir:
     # JAX opens its persistent cache at the process's first compile, so this must come before any
@@ -124,6 +128,8 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
   pid, nproc = jax.process_index(), jax.process_count()
   is_main = pid == 0
   log = log if is_main else (lambda *a, **k: None)
+  if warmup_note:
+    log(warmup_note)
   mesh = make_mesh(cfg.mesh.shape, devices, cfg.mesh.dcn_shape)
   t = cfg.train
 
@@ -241,6 +247,7 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
   progress = Progress(t.num_steps, start, enabled=is_main, live=t.progress and sys.stderr.isatty())
   tokens_per_step = t.batch_size * t.seq_len
   window = {"loss": [], "grad_norm": [], "t0": time.time(), "steps": 0}
+  consecutive_skips = 0
 
   def run_eval(step: int) -> float:
     loss = evaluate(eval_fn, state.params, eval_device)
@@ -250,15 +257,28 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
 
   def finish_step(step: int, metrics) -> None:
     """Host side of step `step` (1-based), run after step+1 was dispatched so the device never waits."""
+    nonlocal consecutive_skips
     m = jax.device_get(metrics)
     if not m["finite"]:
-      msg = (f"step {step}: loss {float(m['loss'])}, grad norm {float(m['grad_norm'])} is not finite; "
-             "the update was not applied")
+      loss, grad_norm = float(m["loss"]), float(m["grad_norm"])
+      if math.isfinite(loss) and math.isfinite(grad_norm) and not m["update_finite"]:
+        msg = (f"step {step}: loss {loss} and grad norm {grad_norm} are finite but the updated parameters "
+               f"are not (learning rate {float(m['learning_rate']):.3g}); the update was not applied")
+      else:
+        msg = f"step {step}: loss {loss}, grad norm {grad_norm} is not finite; the update was not applied"
       if t.nonfinite == "stop":
-        writer.write(step, {"nonfinite": True, "loss": m["loss"], "grad_norm": m["grad_norm"]})
+        writer.write(step, {"nonfinite": True, "loss": loss, "grad_norm": grad_norm})
         raise NonFiniteError(msg + ". Set --config.train.nonfinite=skip to skip such updates.")
+      consecutive_skips += 1
+      if t.max_consecutive_skips and consecutive_skips > t.max_consecutive_skips:
+        writer.write(step, {"nonfinite": True, "loss": loss, "grad_norm": grad_norm,
+                            "skipped_steps": int(m["skipped_steps"])})
+        raise NonFiniteError(f"step {step}: {consecutive_skips} steps in a row skipped for NaN/Inf, more than "
+                             f"train.max_consecutive_skips={t.max_consecutive_skips}; the run is not learning "
+                             "(lower optimizer.learning_rate, check the data, or raise the limit; 0: no limit)")
       progress.write(msg + f" (skipped; {int(m['skipped_steps'])} so far)")
     else:
+      consecutive_skips = 0
       window["loss"].append(float(m["loss"]))
       window["grad_norm"].append(float(m["grad_norm"]))
     window["steps"] += 1
