@@ -25,7 +25,8 @@ def _pair(**changes):
 ])
 def test_stream_keys_cover_every_file_and_setting_that_shapes_the_batches(key, value):
   saved, now = _pair(**{key: value})
-  with pytest.raises(CheckpointError, match=rf"data settings changed .*{key}: checkpoint .* vs now {re.escape(repr(value))}"):
+  expected = rf"data settings changed .*{key}: checkpoint .* vs now {re.escape(repr(value))}"
+  with pytest.raises(CheckpointError, match=expected):
     check_same_stream(saved, now)
 
 
