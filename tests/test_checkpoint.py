@@ -234,6 +234,19 @@ def test_resume_refuses_changed_data_settings(trained):
     train(cfg, os.path.dirname(ckpt_dir), log=lambda *a: None)
 
 
+def test_resume_refuses_a_changed_model_or_tokenizer(trained, monkeypatch):
+  from research.data.tokenizers import ByteTokenizer
+  cfg, ckpt_dir = trained
+  workdir = os.path.dirname(ckpt_dir)
+  changed = cfg.copy_and_resolve_references()
+  changed.model.norm_eps = 1e-6
+  with pytest.raises(CheckpointError, match=r"model settings changed .*model.norm_eps: checkpoint 1e-05 vs now 1e-06"):
+    train(changed, workdir, log=lambda *a: None)
+  monkeypatch.setattr(ByteTokenizer, "fingerprint", "byte-v2")
+  with pytest.raises(CheckpointError, match=r"tokenizer changed .*\(checkpoint byte-v1 vs now byte-v2\)"):
+    train(cfg, workdir, log=lambda *a: None)
+
+
 def test_restore_older_step_moves_newer_steps_aside(trained):
   cfg, ckpt_dir = trained
   workdir = os.path.dirname(ckpt_dir)

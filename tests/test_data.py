@@ -7,7 +7,7 @@ import pytest
 
 from research.config import base_config
 from research.data import DataError
-from research.data.corpus import corpus_spec, iter_split
+from research.data.corpus import SkipCounter, corpus_spec, iter_split
 from research.data.local_builder import build_local_corpus
 from research.data.sources import open_sources
 from tests.conftest import write_corpus
@@ -140,6 +140,7 @@ def test_tfds_source_by_name_and_errors(tmp_path):
                   tfds_text_feature="sentence")
   (source,) = open_sources(cfg, str(tmp_path / "cache"))
   assert len(source.train) == 20 and len(source.validation) == 5
+  assert ":tiny_lines/1.0.0:train:sentence:20:" in source.fingerprint  # version and text feature
   assert sorted(source.train[i]["sentence"] for i in range(20)) == sorted(f"sentence number {i}".encode() for i in range(20))
   with pytest.raises(DataError, match=r"data.tfds_name=no_such_set .*: Dataset no_such_set not found"):
     open_sources(_data_cfg(tfds_name="no_such_set", tfds_data_dir=str(tmp_path)), str(tmp_path))
@@ -163,3 +164,61 @@ def test_same_file_name_in_two_folders(tmp_path):
   spec = corpus_spec(str(tmp_path), val_fraction=0.5)
   builder = build_local_corpus(spec, str(tmp_path / "tfds"), log=lambda *a: None)
   assert builder.info.splits["train"].num_examples == 2
+
+
+def test_fingerprint_sees_an_edit_that_keeps_size_and_mtime(tmp_path, monkeypatch):
+  from research.data import files
+  (tmp_path / "c").mkdir()
+  path = tmp_path / "c" / "a.txt"
+  path.write_text("the king spoke\n")
+  memo = str(tmp_path / "memo.json")
+  hashed = []
+  sha256 = files._sha256
+  monkeypatch.setattr(files, "_sha256", lambda f: hashed.append(f) or sha256(f))
+  before = corpus_spec(str(tmp_path / "c"), memo_file=memo).fingerprint
+  assert corpus_spec(str(tmp_path / "c"), memo_file=memo).fingerprint == before
+  assert len(hashed) == 1  # the second start read the memo, not the file
+  st = os.stat(path)
+  path.write_text("the fool spoke\n")  # as cp -p / rsync -t / tar leave it: same size, same mtime
+  os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+  assert os.stat(path).st_size == st.st_size and os.stat(path).st_mtime_ns == st.st_mtime_ns
+  assert corpus_spec(str(tmp_path / "c"), memo_file=memo).fingerprint != before
+  assert len(hashed) == 2
+
+
+def test_a_directory_linking_to_itself_gives_each_file_once(tmp_path):
+  write_corpus(str(tmp_path / "c"), num_files=2)
+  os.symlink(str(tmp_path / "c"), str(tmp_path / "c" / "loop"))
+  (tmp_path / "c" / "sub").mkdir()
+  os.symlink(str(tmp_path / "c" / "play_0.txt"), str(tmp_path / "c" / "sub" / "again.txt"))
+  assert [os.path.basename(f) for f in corpus_spec(str(tmp_path / "c")).files] == ["play_0.txt", "play_1.txt"]
+  assert len(corpus_spec(str(tmp_path / "c" / "**" / "*.txt")).files) == 2
+
+
+def test_a_file_reachable_under_a_held_out_name_is_held_out(tmp_path):
+  write_corpus(str(tmp_path / "c"), num_files=3)
+  os.symlink("play_2.txt", str(tmp_path / "c" / "alias.txt"))        # a link to the held-out file
+  os.symlink("play_1.txt", str(tmp_path / "c" / "held_out.txt"))     # a held-out name for a train file
+  spec = corpus_spec(str(tmp_path / "c"), val_files=("play_2.txt", "held_out.txt"))
+  validation = _docs(spec, "validation")
+  assert len(spec.files) == 3 and len(_docs(spec, "train")) == 1 and len(validation) == 2
+  assert (tmp_path / "c" / "play_2.txt").read_text() in validation
+
+
+def test_a_byte_order_mark_is_not_text(tmp_path):
+  (tmp_path / "a.txt").write_bytes(b"\xef\xbb\xbfKING.\nHello.\n")
+  (tmp_path / "b.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "one"}\n{"text": "two"}\n')
+  assert _docs(corpus_spec(str(tmp_path / "a.txt"), val_fraction=0.0), "train") == ["KING.\nHello.\n"]
+  assert _docs(corpus_spec(str(tmp_path / "b.jsonl"), val_fraction=0.0), "train") == ["one", "two"]
+
+
+@pytest.mark.parametrize("doc_split, expected", [
+    ("blank_lines", ["KING.\nHello.\n", "FOOL.\nHo.\n"]),   # the bad document goes
+    ("file", ["KING.\nHello.\n\nQUEEN.\n\nFOOL.\nHo.\n"]),  # the bad line goes
+])
+def test_skip_bad_records_skips_the_record_not_the_file(tmp_path, doc_split, expected):
+  (tmp_path / "a.txt").write_bytes(b"KING.\nHello.\n\nQUEEN.\nH\xffi.\n\nFOOL.\nHo.\n")
+  spec = corpus_spec(str(tmp_path / "a.txt"), doc_split=doc_split, val_fraction=0.0, skip_bad_records=True)
+  skipped = SkipCounter()
+  assert [t for _, t in iter_split(spec, "train", skipped)] == expected
+  assert skipped.count == 1 and skipped.first.startswith(f"{tmp_path / 'a.txt'}:5: bytes that are not UTF-8")

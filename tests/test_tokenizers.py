@@ -29,3 +29,38 @@ def test_sentencepiece_trains_once_and_retrains_on_new_settings(corpus_dir, tmp_
   text = "KING.\nthe queen spoke of bread.\n"
   assert a.decode(a.encode(text)) == text  # line breaks survive
   assert pickle.loads(pickle.dumps(a)).encode(text) == a.encode(text)  # for data-loader workers
+
+
+def test_trained_sentencepiece_does_not_depend_on_the_machines_cpu_count(corpus_dir, tmp_path, monkeypatch):
+  import os
+  texts = [t for _, t in iter_split(corpus_spec(corpus_dir), "train")] * 3
+  models = []
+  for cpus in (1, 4):
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    tok = SentencePieceTokenizer.train_or_load(texts, "fp", str(tmp_path / f"cpus{cpus}"), 320, "unigram",
+                                               log=lambda *a: None)
+    models.append(open(tok.model_file, "rb").read())
+  assert models[0] == models[1]
+
+
+def _spm_model(tmp_path, **kwargs):
+  import sentencepiece as spm
+  lines = [f"the king spoke to the queen about bread number {i}" for i in range(50)]
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(tmp_path / "m"), vocab_size=40,
+                                 hard_vocab_limit=False, minloglevel=2, **kwargs)
+  return str(tmp_path / "m.model")
+
+
+def test_external_sentencepiece_model_errors(tmp_path):
+  from research.config import base_config
+  from research.data.tokenizers import make_tokenizer
+  cfg = base_config().data
+  cfg.tokenizer = "sentencepiece"
+  cfg.spm_model_file = str(tmp_path / "missing.model")
+  with pytest.raises(DataError, match=r"^data.spm_model_file=.*missing.model: no such file$"):
+    make_tokenizer(cfg, [], str(tmp_path))
+  cfg.spm_model_file = _spm_model(tmp_path, eos_id=-1)
+  with pytest.raises(DataError, match=r"data.spm_model_file=.*m.model: the model has no EOS piece \(eos_id -1\)"):
+    make_tokenizer(cfg, [], str(tmp_path))
+  cfg.spm_model_file = _spm_model(tmp_path)
+  assert make_tokenizer(cfg, [], str(tmp_path)).eos_id == 2

@@ -15,10 +15,16 @@ import numpy as np
 from research.checkpoint.manager import CheckpointError
 
 # Settings that define which batches come in which order; resuming across a change is not exact.
-STREAM_KEYS = ("seed", "train.batch_size", "train.seq_len", "data.format", "data.text_field", "data.doc_split",
-               "data.val_files", "data.val_fraction", "data.tfds_name", "data.tfds_train_split",
-               "data.tfds_text_feature", "data.mixture", "data.packing", "data.shuffle_rows", "data.num_workers", "data.tokenizer",
-               "data.vocab_size", "data.spm_model_type")
+# Files are named by path here; their contents are checked by the fingerprints in the checkpoint's
+# meta (research/checkpoint/resume_checks.py). Eval-only settings (tfds_eval_split) and ones that do
+# not change the batches (read_threads, cache_dir) may change.
+STREAM_KEYS = ("seed", "train.batch_size", "train.seq_len", "data.path", "data.format", "data.text_field",
+               "data.doc_split", "data.val_files", "data.val_fraction", "data.skip_bad_records", "data.tfds_name",
+               "data.tfds_data_dir", "data.tfds_train_split", "data.tfds_text_feature", "data.mixture",
+               "data.packing", "data.shuffle_rows", "data.num_workers", "data.tokenizer", "data.vocab_size",
+               "data.spm_model_type",
+               "data.spm_model_file", "data.spm_max_documents", "data.bpe_vocab_file", "data.bpe_merges_file",
+               "data.tiktoken_file", "data.tiktoken_pattern")
 
 
 def gather_states(local_state: dict) -> dict:
@@ -54,7 +60,8 @@ def local_state(saved: dict, num_streams: int) -> dict:
   return saved
 
 
-def _get(cfg: dict, dotted: str):
+def config_value(cfg: dict, dotted: str):
+  """cfg['a']['b'] for 'a.b' (None when absent); sequences as lists, so JSON round trips compare equal."""
   for part in dotted.split("."):
     cfg = cfg.get(part) if isinstance(cfg, dict) else None
   return list(cfg) if isinstance(cfg, (list, tuple)) else cfg
@@ -62,8 +69,8 @@ def _get(cfg: dict, dotted: str):
 
 def check_same_stream(saved_config: dict, config: dict) -> None:
   """Raises CheckpointError naming every stream-defining key that changed since the checkpoint."""
-  changed = [f"{k}: checkpoint {_get(saved_config, k)!r} vs now {_get(config, k)!r}" for k in STREAM_KEYS
-             if json.dumps(_get(saved_config, k)) != json.dumps(_get(config, k))]
+  changed = [f"{k}: checkpoint {config_value(saved_config, k)!r} vs now {config_value(config, k)!r}"
+             for k in STREAM_KEYS if json.dumps(config_value(saved_config, k)) != json.dumps(config_value(config, k))]
   if changed:
     raise CheckpointError("the data settings changed since the checkpoint, so resuming would not continue the "
                           f"same batches ({'; '.join(changed)}); restore them or start over with --fresh")

@@ -7,17 +7,23 @@ out, so nothing of a held-out work leaks into training; otherwise the last `data
 each file is validation: of its documents, or of its text (cut at a line break) when the file is a
 single document, as nanoGPT does.
 Bad records (undecodable bytes, a line that is not JSON or lacks the field) stop with an error naming
-file and line, unless `data.skip_bad_records`, which skips and counts them.
+file and line, unless `data.skip_bad_records`, which skips and counts them; in a .txt file the
+record is the document (doc_split=blank_lines) or the line (doc_split=file). A UTF-8 byte-order
+mark at the start of a file is not text and is dropped.
 """
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import fnmatch
+import functools
 import glob
 import hashlib
 import json
 import os
 from typing import Iterator
+
+from research.data.files import dedupe, file_digests, find_files
 
 
 class DataError(ValueError):
@@ -38,51 +44,60 @@ class CorpusSpec:
   val_files: tuple[str, ...] = ()
   val_fraction: float = 0.1
   skip_bad_records: bool = False
+  names: tuple[tuple[str, ...], ...] = ()  # per file: every name it is reachable under (links, target)
+  digests: tuple[str, ...] = ()            # per file: SHA-256 of its bytes (files.file_digests)
 
   @property
   def fingerprint(self) -> str:
-    """Changes when a file is added, removed or modified (path, size, mtime) or a setting changes."""
+    """Changes when a file is added, removed, renamed or its bytes change, or a setting changes."""
     h = hashlib.sha256()
-    for f in self.files:
-      st = os.stat(f)
-      h.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    digests = self.digests or file_digests(self.files)
+    for f, names, digest in zip(self.files, self.names or [()] * len(self.files), digests):
+      h.update(f"{os.path.abspath(f)}\0{'/'.join(names)}\0{digest}\n".encode())
     settings = dataclasses.asdict(self)
-    settings.pop("files"), settings.pop("path")
+    for key in ("files", "path", "names", "digests"):
+      settings.pop(key)
     h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
+  @functools.cached_property
+  def _names_of(self) -> dict[str, tuple[str, ...]]:
+    return dict(zip(self.files, self.names))
+
   def held_out(self, file: str) -> bool:
-    return any(fnmatch.fnmatch(os.path.basename(file), p) for p in self.val_files)
+    """Whether any name the file is reachable under (a link's or its target's) matches data.val_files."""
+    names = self._names_of.get(file) or (os.path.basename(file), os.path.basename(os.path.realpath(file)))
+    return any(fnmatch.fnmatch(name, p) for name in names for p in self.val_files)
 
 
-def resolve_files(path: str) -> list[str]:
-  """A file, a directory (its .txt/.jsonl files, recursively) or a glob -> sorted list of files."""
+def resolve_files(path: str) -> dict[str, tuple[str, ...]]:
+  """A file, a directory (its .txt/.jsonl files, recursively) or a glob -> {file: its names}, sorted,
+  one entry per real file (see research/data/files.py for links)."""
   if not path:
     raise DataError("data.path is empty; give a text file, a directory or a glob")
   expanded = os.path.expanduser(path)
   if os.path.isfile(expanded):
-    return [expanded]
-  if os.path.isdir(expanded):
-    files = sorted(f for ext in ("txt", "jsonl")
-                   for f in glob.glob(os.path.join(expanded, "**", f"*.{ext}"), recursive=True))
-    if not files:
+    return dedupe([expanded])
+  kind, found = find_files(expanded)
+  if not found:
+    if kind == "dir":
       raise DataError(f"data.path={path}: directory holds no .txt or .jsonl files")
-    return files
-  files = sorted(f for f in glob.glob(expanded, recursive=True) if os.path.isfile(f))
-  if not files:
-    if any(c in path for c in "*?["):
+    if glob.has_magic(path):
       raise DataError(f"data.path={path}: the glob matches no files")
     raise DataError(f"data.path={path}: no such file or directory")
-  return files
+  return dedupe(found)
 
 
 def corpus_spec(path: str, *, format: str = "auto", text_field: str = "text", doc_split: str = "file",
-                val_files=(), val_fraction: float = 0.1, skip_bad_records: bool = False) -> CorpusSpec:
-  files = resolve_files(path)
-  spec = CorpusSpec(path, tuple(files), format, text_field, doc_split, tuple(val_files), val_fraction,
-                    skip_bad_records)
+                val_files=(), val_fraction: float = 0.1, skip_bad_records: bool = False,
+                memo_file: str | None = None) -> CorpusSpec:
+  """The corpus at `path`; `memo_file` keeps the files' content hashes between starts."""
+  resolved = resolve_files(path)
+  files = tuple(resolved)
+  spec = CorpusSpec(path, files, format, text_field, doc_split, tuple(val_files), val_fraction,
+                    skip_bad_records, tuple(resolved.values()), file_digests(files, memo_file))
   for pattern in spec.val_files:
-    if not any(fnmatch.fnmatch(os.path.basename(f), pattern) for f in files):
+    if not any(fnmatch.fnmatch(name, pattern) for names in spec.names for name in names):
       raise DataError(f"data.val_files: {pattern!r} matches none of the {len(files)} files of data.path={path}")
   if spec.val_files and all(spec.held_out(f) for f in files):
     raise DataError(f"data.val_files={spec.val_files} holds out every file of data.path={path}; "
@@ -90,10 +105,11 @@ def corpus_spec(path: str, *, format: str = "auto", text_field: str = "text", do
   return spec
 
 
-def spec_from_config(data_cfg, path: str | None = None) -> CorpusSpec:
+def spec_from_config(data_cfg, path: str | None = None, memo_file: str | None = None) -> CorpusSpec:
   return corpus_spec(path or data_cfg.path, format=data_cfg.format, text_field=data_cfg.text_field,
                      doc_split=data_cfg.doc_split, val_files=tuple(data_cfg.val_files),
-                     val_fraction=data_cfg.val_fraction, skip_bad_records=data_cfg.skip_bad_records)
+                     val_fraction=data_cfg.val_fraction, skip_bad_records=data_cfg.skip_bad_records,
+                     memo_file=memo_file)
 
 
 def _file_format(spec: CorpusSpec, file: str) -> str:
@@ -103,14 +119,24 @@ def _file_format(spec: CorpusSpec, file: str) -> str:
 
 
 def read_text(file: str) -> str:
-  """Reads UTF-8 strictly; undecodable bytes are an error naming the file and line."""
+  """Reads UTF-8 strictly, without a leading byte-order mark; undecodable bytes are an error naming
+  the file and line."""
   with open(file, "rb") as f:
     raw = f.read()
+  bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
   try:
-    return raw.decode("utf-8")
+    return raw[bom:].decode("utf-8")
   except UnicodeDecodeError as e:
-    line = raw[:e.start].count(b"\n") + 1
-    raise DataError(f"{file}:{line}: bytes that are not UTF-8 ({e.reason} at byte {e.start})") from None
+    raise _not_utf8(file, raw[bom:], e, offset=bom) from None
+
+
+def _not_utf8(file: str, raw: bytes, e: UnicodeDecodeError, offset: int | None = None,
+              first_line: int = 1) -> DataError:
+  """The error for undecodable bytes at raw[e.start]; raw starts at line `first_line` of the file
+  (and at byte `offset`, when known)."""
+  line = first_line + raw[:e.start].count(b"\n")
+  where = f" at byte {offset + e.start}" if offset is not None else ""
+  return DataError(f"{file}:{line}: bytes that are not UTF-8 ({e.reason}{where})")
 
 
 class SkipCounter:
@@ -133,6 +159,8 @@ def _documents(spec: CorpusSpec, file: str, skipped: SkipCounter) -> list[str]:
       for number, raw in enumerate(f, 1):
         if not raw.strip():
           continue
+        if number == 1:
+          raw = raw.removeprefix(codecs.BOM_UTF8)  # a byte-order mark is not part of the text
         try:
           record = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -147,11 +175,35 @@ def _documents(spec: CorpusSpec, file: str, skipped: SkipCounter) -> list[str]:
     return docs
   try:
     text = read_text(file)
-  except DataError as e:
-    skipped.skip(spec, e)
-    return []
+  except DataError:
+    if not spec.skip_bad_records:
+      raise
+    return _text_skipping_bad_records(spec, file, skipped)
   if spec.doc_split == "blank_lines":
     return [d.strip("\n") + "\n" for d in text.replace("\r\n", "\n").split("\n\n") if d.strip()]
+  return [text] if text.strip() else []
+
+
+def _text_skipping_bad_records(spec: CorpusSpec, file: str, skipped: SkipCounter) -> list[str]:
+  """A text file's documents without the records that hold bytes that are not UTF-8, each skipped and
+  counted. A record is a document with doc_split=blank_lines, and a line with doc_split=file: the
+  file is one document then, and one bad byte should not drop a whole book."""
+  with open(file, "rb") as f:
+    raw = f.read().removeprefix(codecs.BOM_UTF8)
+  blank_lines = spec.doc_split == "blank_lines"
+  if blank_lines:  # split as the decoded text is (\n never occurs inside a UTF-8 sequence)
+    raw = raw.replace(b"\r\n", b"\n")
+  separator = b"\n\n" if blank_lines else b"\n"
+  good, line = [], 1
+  for record in raw.split(separator):
+    try:
+      good.append(record.decode("utf-8"))
+    except UnicodeDecodeError as e:
+      skipped.skip(spec, _not_utf8(file, record, e, first_line=line))
+    line += record.count(b"\n") + separator.count(b"\n")
+  if blank_lines:
+    return [d.strip("\n") + "\n" for d in good if d.strip()]
+  text = "\n".join(good)
   return [text] if text.strip() else []
 
 

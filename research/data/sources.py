@@ -44,13 +44,17 @@ def open_tfds(name: str, data_cfg) -> Source:
     fields = ", ".join(sorted(splits["train"][0]))
     raise DataError(f"data.tfds_text_feature={data_cfg.tfds_text_feature!r} is not a feature of {name}; "
                     f"it has: {fields}")
-  fingerprint = f"tfds:{name}:{data_cfg.tfds_train_split}:{os.path.abspath(data_cfg.tfds_data_dir or '~')}"
+  # The version is in full_name (name/config/version) and the directory read in data_dir; a dataset
+  # prepared anew at the same version shows only in its size.
+  info = splits["train"].dataset_info
+  fingerprint = (f"tfds:{info.full_name}:{data_cfg.tfds_train_split}:{data_cfg.tfds_text_feature}:"
+                 f"{len(splits['train'])}:{info.data_dir}")
   return Source(f"tfds:{name}", splits["train"], splits["validation"], data_cfg.tfds_text_feature, fingerprint)
 
 
-def open_local(path: str, data_cfg, data_dir: str, log=print) -> Source:
+def open_local(path: str, data_cfg, data_dir: str, log=print, memo_file: str | None = None) -> Source:
   from research.data.local_builder import build_local_corpus
-  spec = spec_from_config(data_cfg, path)
+  spec = spec_from_config(data_cfg, path, memo_file=memo_file)
   builder = build_local_corpus(spec, data_dir, log=log)
   skipped = builder.skipped_records()
   return Source(path, builder.as_data_source(split="train"), builder.as_data_source(split="validation"),
@@ -69,7 +73,8 @@ def open_sources(data_cfg, cache_dir: str, log=print) -> list[Source]:
     if spec.startswith("tfds:"):
       source = open_tfds(spec[len("tfds:"):], data_cfg)
     else:
-      source = open_local(spec, data_cfg, os.path.join(cache_dir, "tfds"), log=log)
+      source = open_local(spec, data_cfg, os.path.join(cache_dir, "tfds"), log=log,
+                          memo_file=os.path.join(cache_dir, "file_digests.json"))
     source.weight = float(weight)
     sources.append(source)
   return sources

@@ -15,6 +15,12 @@ from typing import Iterable, Protocol, Sequence
 
 from research.data.corpus import DataError
 
+# SentencePiece's trained model depends on its thread count (each count gives other bytes, the same
+# count the same bytes), so the count is fixed rather than os.cpu_count() and another machine trains
+# the same tokenizer. 8 uses a big machine's cores; on 2 shared cores it was no slower than 1 within
+# the noise (the default corpus: 11-15 s vs 7-12 s).
+SPM_THREADS = 8
+
 
 class Tokenizer(Protocol):
   vocab_size: int
@@ -45,11 +51,14 @@ class SentencePieceTokenizer:
   def __init__(self, model_file: str):
     import sentencepiece as spm
     if not os.path.isfile(model_file):
-      raise FileNotFoundError(f"data.spm_model_file={model_file}: no such file")
+      raise DataError(f"data.spm_model_file={model_file}: no such file")
     self.model_file = model_file
     self._sp = spm.SentencePieceProcessor(model_file=model_file)
     self.vocab_size = self._sp.get_piece_size()
     self.bos_id, self.eos_id, self.pad_id = self._sp.bos_id(), self._sp.eos_id(), self._sp.pad_id()
+    if self.eos_id < 0:  # every document ends with EOS; -1 would be a token id out of range
+      raise DataError(f"data.spm_model_file={model_file}: the model has no EOS piece (eos_id -1), which ends "
+                      "every document; use a model trained with an eos_id (SentencePiece's default is 2)")
     with open(model_file, "rb") as f:
       self.fingerprint = "spm-" + hashlib.sha256(f.read()).hexdigest()[:16]
 
@@ -68,16 +77,16 @@ class SentencePieceTokenizer:
   @classmethod
   def train_or_load(cls, texts: Iterable[str], corpus_fingerprint: str, cache_dir: str, vocab_size: int,
                     model_type: str, log=print) -> "SentencePieceTokenizer":
+    import sentencepiece as spm
     settings = dict(vocab_size=vocab_size, model_type=model_type, corpus=corpus_fingerprint,
                     character_coverage=1.0, byte_fallback=True, normalization="identity",
-                    newline_symbol=True, version=2)
+                    newline_symbol=True, num_threads=SPM_THREADS, sentencepiece=spm.__version__, version=3)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     directory = os.path.join(cache_dir, "tokenizers", f"spm-{model_type}-{vocab_size}-{key}")
     model_file = os.path.join(directory, "spm.model")
     if os.path.isfile(model_file):
       log(f"tokenizer: reusing {model_file}")
       return cls(model_file)
-    import sentencepiece as spm
     os.makedirs(directory, exist_ok=True)
     log(f"tokenizer: training SentencePiece ({model_type}, vocab {vocab_size}) -> {model_file}")
     sentences = (line for text in texts for line in text.splitlines() if line.strip())
@@ -87,7 +96,7 @@ class SentencePieceTokenizer:
         _train_spm(
             spm, out, sentences, "data.vocab_size", vocab_size=vocab_size, model_type=model_type,
             character_coverage=1.0, byte_fallback=True, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
-            num_threads=os.cpu_count() or 1, input_sentence_size=2_000_000, shuffle_input_sentence=True,
+            num_threads=SPM_THREADS, input_sentence_size=2_000_000, shuffle_input_sentence=True,
             # identity normalisation and "\n" as a piece keep line breaks (verse, speaker turns).
             remove_extra_whitespaces=False, normalization_rule_name="identity", user_defined_symbols=["\n"],
             split_digits=True, minloglevel=2, seed_sentencepiece_size=200_000)

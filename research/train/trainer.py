@@ -17,8 +17,9 @@ import numpy as np
 from etils import epath
 
 from research.checkpoint import CheckpointError, Checkpointer, PreemptionWatcher
-from research.checkpoint.data_state import check_same_stream, gather_states, local_state, saved_num_streams
+from research.checkpoint.data_state import gather_states, local_state, saved_num_streams
 from research.checkpoint.manager import code_version
+from research.checkpoint.resume_checks import check_resumable
 from research.config import ConfigError, validate_config
 from research.data import build_pipeline
 from research.infer.sample import sample_text
@@ -202,8 +203,10 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
     if not starting_over:
       state, data_state, saved_meta, start = checkpointer.restore(program.abstract_state(),
                                                                   None if resume == "latest" else int(resume))
-      check_same_stream(saved_meta["config"], cfg.to_dict())
-      log(f"checkpoint: resumed from step {start} ({ckpt_dir})")
+      changed = check_resumable(saved_meta, cfg.to_dict(), data.tokenizer.fingerprint,
+                                [s.fingerprint for s in data.sources])
+      log(f"checkpoint: resumed from step {start} ({ckpt_dir})"
+          + (f"; changed since: {'; '.join(changed)}" if changed else ""))
     else:
       state = program.init_state()
     streams = resolve_streams(cfg, data_state)
@@ -235,7 +238,8 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
   eval_device = [program.put_batch(b) for b in data.eval_batches(t.batch_size, t.seq_len, t.eval_batches,
                                                                   pid, nproc)]
   meta = {"config": cfg.to_dict(), "mesh": dict(mesh.shape), "devices": len(devices),
-          "processes": nproc, "data_streams": streams, "code_version": code_version()}
+          "processes": nproc, "data_streams": streams, "code_version": code_version(),
+          "tokenizer": data.tokenizer.fingerprint, "data_sources": [s.fingerprint for s in data.sources]}
   log(f"data: {streams} stream(s) over {nproc} process(es)")
   eval_fn = program.eval_step()
 
