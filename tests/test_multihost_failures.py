@@ -81,6 +81,7 @@ def _exit_times(procs, since, bound):
         times[i] = time.time() - since
     time.sleep(0.1)
   _kill(procs)
+  print(f"exit times (s): {times}")  # pytest -s shows them: the numbers README quotes
   return times
 
 
@@ -132,7 +133,8 @@ def test_sigterm_while_a_process_is_dead_exits(exp, tmp_path):
   """SIGTERM asks for a checkpoint, which needs every process: with one dead, exit instead of
   waiting (JAX's handler takes the signal; the run used to ignore it until its timeouts)."""
   procs = _start(exp, "good", str(tmp_path / "w"))  # default heartbeat timeout: 20 s
-  _wait_for_text(procs, 0, "step 3:")
+  # process 0 has opened the data and goes on to the collective that tells process 1 (waiting in it)
+  _wait_for_text(procs, 0, "data: tokenizer")
   procs[1][0].send_signal(signal.SIGKILL)
   procs[0][0].send_signal(signal.SIGTERM)
   times = _exit_times(procs, time.time(), 60)
