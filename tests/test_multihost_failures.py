@@ -143,3 +143,15 @@ def test_sigterm_while_a_process_is_dead_exits(exp, tmp_path):
   lines = _error_lines(procs, 0)
   assert len(lines) == 1 and lines[0].startswith("error: process 1 stopped responding"), _logs(procs)
   assert "SIGTERM received" in lines[0], lines
+
+
+def test_sigterm_with_every_process_alive_still_saves_and_exits_0(exp, tmp_path):
+  """The watcher leaves a real preemption alone: JAX's sync point, a checkpoint, exit 0 everywhere."""
+  procs = _start(exp, "good", str(tmp_path / "w"))
+  _wait_for_text(procs, 0, "step 3:")
+  procs[0][0].send_signal(signal.SIGTERM)
+  times = _exit_times(procs, time.time(), 60)
+  assert None not in times and [p.returncode for p, _, _ in procs] == [0, 0], (times, _logs(procs))
+  assert _error_lines(procs, 0) == _error_lines(procs, 1) == []
+  with open(procs[0][1].name) as f:
+    assert "preempted: saved step" in f.read()
