@@ -5,9 +5,10 @@ multi-host launch; also how the tests exercise the multi-process paths).
       scripts/train.py --config=experiments/default.py --workdir=runs/mp
 
 Each process gets --coordinator_address=localhost:<free port> --num_processes=N --process_id=I appended;
-their output is prefixed with [I]. If one process fails, the others are stopped (a collective would
-otherwise wait for it). SIGTERM/SIGINT are passed on to every process (the trainer then saves a
-checkpoint and exits 0). The exit code is the first non-zero one, else 0.
+their output is prefixed with [I]. If one process fails, the others are stopped: scripts/train.py's
+processes exit by themselves within seconds (research/distributed.py), this covers any other script.
+SIGTERM/SIGINT are passed on to every process (the trainer then saves a checkpoint and exits 0). The
+exit code is the first non-zero one, else 0.
 """
 import argparse
 import os

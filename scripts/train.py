@@ -8,7 +8,9 @@ A workdir that holds checkpoints resumes from the newest readable one (--fresh s
 exits 0 (before the first step: exits 0 having written nothing). One run per workdir (DIR/run.lock).
 Multi-host: run the same command on every host. TPU pods, SLURM (srun) and Open MPI are detected;
 elsewhere pass --coordinator_address=HOST:PORT --num_processes=N --process_id=I (or use
-scripts/launch_local.py for N processes on one machine).
+scripts/launch_local.py for N processes on one machine). When one process fails, every process exits 1
+with the same line naming it, within --distributed_heartbeat_timeout_s (a process that stopped
+responding) or a few seconds (one that hit an error).
 """
 import os
 import sys
@@ -56,6 +58,13 @@ flags.DEFINE_integer("autofit_workers", 1, "With --autofit: candidates compiled 
 flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0's coordinator.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes take part.")
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's index in [0, num_processes).")
+flags.DEFINE_integer("distributed_heartbeat_timeout_s", 20, "Multi-process: a process that has not sent a "
+                     "heartbeat for this long is declared dead and every process exits 1 naming it (JAX's own "
+                     "heartbeat timeout, which aborts, is set to twice this).")
+flags.DEFINE_integer("distributed_shutdown_timeout_s", 30, "Multi-process: how long a process that finished "
+                     "waits for the others before exiting 1.")
+flags.DEFINE_integer("distributed_init_timeout_s", 300, "Multi-process: how long to wait for every process to "
+                     "join at start (JAX aborts the process after it).")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 parse_flags, _OVERRIDES = absl_flags_parser(FLAGS)
@@ -68,19 +77,21 @@ def main(_):
   if FLAGS.target:
     sys.exit(plan(FLAGS.target, FLAGS.target_slices))
   from research import distributed
+  timeouts = distributed.Timeouts(FLAGS.distributed_init_timeout_s, FLAGS.distributed_heartbeat_timeout_s,
+                                  FLAGS.distributed_shutdown_timeout_s)
   try:  # before anything starts a JAX backend
-    joined = distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    joined = distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, timeouts)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   from research.checkpoint import CheckpointError
   from research.train.trainer import NonFiniteError, train
+  # From here on a failure goes through distributed.fail: with several processes, every one of them
+  # exits with the same line instead of waiting in a collective for the one that failed.
   if FLAGS.fresh and FLAGS.restore_step is not None:
-    print("error: --fresh and --restore_step exclude each other", file=sys.stderr)
-    sys.exit(1)
+    distributed.fail("--fresh and --restore_step exclude each other")
   if not FLAGS.workdir and not FLAGS.dry_run:
-    print("error: --workdir is required (where metrics and checkpoints go), except with --dry_run", file=sys.stderr)
-    sys.exit(1)
+    distributed.fail("--workdir is required (where metrics and checkpoints go), except with --dry_run")
   resume = "fresh" if FLAGS.fresh else "latest" if FLAGS.restore_step is None else FLAGS.restore_step
   try:
     cfg = load_config(FLAGS.config, _OVERRIDES)
@@ -91,9 +102,10 @@ def main(_):
       print(HOST_MALLOC, flush=True)
     train(cfg, FLAGS.workdir, resume=resume, dry_run=FLAGS.dry_run, break_lock=FLAGS.break_lock)  # a preempted run returns normally: exit 0
   except (ConfigError, DataError, NonFiniteError, CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-
+    distributed.fail(str(e))
+  except Exception as e:  # noqa: BLE001  (a bug, or a collective whose peer failed: see fail)
+    distributed.fail(f"{type(e).__name__}: {e}", exc=e)
+  distributed.finish()
 
 def autofit(cfg, target: str, slices: int) -> int:
   from research.plan import autofit as search
