@@ -24,7 +24,7 @@ class QualityRun:
 
 
 RUNS = {
-    "nanogpt_char": QualityRun("experiments/nanogpt_shakespeare_char.py", recorded=1.8831, tolerance=0.03,
+    "nanogpt_char": QualityRun("experiments/nanogpt_shakespeare_char.py", recorded=1.8991, tolerance=0.03,
                                published=1.88, needs_char_data=True),
     "default": QualityRun("experiments/default.py", recorded=float("nan"), tolerance=0.05, published=None),
 }
