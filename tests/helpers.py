@@ -52,3 +52,12 @@ def tiny_config(corpus: str, cache_dir: str, family: str = "gpt2"):
   c.optimizer.warmup_steps = 5
   c.mesh.shape = (-1, 1, 1)
   return c
+
+
+def tiny_experiment(directory, corpus: str) -> str:
+  """An experiment file (for scripts run as subprocesses) whose get_config() is tiny_config(corpus)."""
+  path = os.path.join(str(directory), "tiny.py")
+  with open(path, "w") as f:
+    f.write("from tests.conftest import tiny_config\n"
+            f"def get_config():\n  return tiny_config({corpus!r}, {os.path.join(str(directory), 'cache')!r})\n")
+  return path

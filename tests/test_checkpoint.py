@@ -18,6 +18,7 @@ from research.sharding import make_mesh
 from research.train.program import build_program
 from research.train.trainer import resolve_vocab, train
 from tests.conftest import ROOT
+from tests.helpers import tiny_experiment
 
 STEPS = 16
 FLAGS = [f"--config.train.num_steps={STEPS}", "--config.train.log_every=1", "--config.train.eval_every=0",
@@ -28,11 +29,7 @@ FLAGS = [f"--config.train.num_steps={STEPS}", "--config.train.log_every=1", "--c
 
 @pytest.fixture(scope="module")
 def experiment(corpus_dir, tmp_path_factory):
-  d = tmp_path_factory.mktemp("exp")
-  path = d / "tiny.py"
-  path.write_text("from tests.conftest import tiny_config\n"
-                  f"def get_config():\n  return tiny_config({corpus_dir!r}, {str(d / 'cache')!r})\n")
-  return str(path)
+  return tiny_experiment(tmp_path_factory.mktemp("exp"), corpus_dir)
 
 
 def _start(experiment, workdir, *extra):

@@ -18,6 +18,7 @@ from research.train import trainer as trainer_lib
 from research.train.trainer import train
 from research.train.workdir import WorkdirLock, _process_start
 from tests.conftest import ROOT
+from tests.helpers import tiny_experiment
 
 quiet = lambda *a, **k: None
 
@@ -87,11 +88,7 @@ def _script(experiment, workdir, *extra):
 
 @pytest.fixture(scope="module")
 def experiment(corpus_dir, tmp_path_factory):
-  d = tmp_path_factory.mktemp("exp")
-  path = d / "tiny.py"
-  path.write_text("from tests.conftest import tiny_config\n"
-                  f"def get_config():\n  return tiny_config({corpus_dir!r}, {str(d / 'cache')!r})\n")
-  return str(path)
+  return tiny_experiment(tmp_path_factory.mktemp("exp"), corpus_dir)
 
 
 def test_sigterm_before_the_first_step_exits_zero_having_written_nothing(experiment, tmp_path):

@@ -105,9 +105,8 @@ def test_train_resume_and_export_on_a_local_gcs_emulator(corpus_dir, tmp_path):
   import sys
   from tests.conftest import ROOT
   from tests.gcs_emulator import gcs_emulator, list_objects
-  experiment = tmp_path / "tiny.py"
-  experiment.write_text("from tests.conftest import tiny_config\n"
-                        f"def get_config():\n  return tiny_config({corpus_dir!r}, {str(tmp_path / 'cache')!r})\n")
+  from tests.helpers import tiny_experiment
+  experiment = tiny_experiment(tmp_path, corpus_dir)
   with gcs_emulator("test-bucket") as (url, gcs_env):
     env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=8", **gcs_env)
 
