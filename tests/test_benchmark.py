@@ -50,3 +50,22 @@ def test_train_benchmark_with_tokenizer_vocab_needs_data():
   cfg.model.vocab_size = 0   # the tokenizer decides: then a corpus is required
   with pytest.raises(ConfigError, match="data.path is empty"):
     benchmark_train(cfg, steps=1, warmup=0)
+
+
+def test_quality_runs_compare_with_the_recorded_loss(corpus_dir, tmp_path, monkeypatch):
+  from research.perf import quality
+  from tests.helpers import tiny_experiment
+  experiment = tiny_experiment(tmp_path, corpus_dir)
+  monkeypatch.setattr(quality, "RUNS", {
+      "tiny": quality.QualityRun(experiment, recorded=0.5, tolerance=0.01, published=None,
+                                 overrides=("--config.train.num_steps=6", "--config.train.eval_every=0",
+                                            "--config.optimizer.warmup_steps=1", "--config.train.tensorboard=false")),
+      "needs_text": quality.QualityRun(experiment, recorded=1.0, tolerance=0.1, published=None, needs_char_data=True)})
+  report = quality.run_quality(["tiny"], str(tmp_path / "runs"), log=lambda *a: None)
+  (run,) = report["runs"]
+  assert run["final_eval_loss"] > 1.0 and run["within_tolerance"] is False and not report["all_within_tolerance"]
+  assert os.path.isfile(os.path.join(run["workdir"], "summary.json"))
+  with pytest.raises(ValueError, match="unknown run"):
+    quality.run_quality(["nope"], str(tmp_path))
+  with pytest.raises(ValueError, match="needs nanoGPT's tinyshakespeare input.txt"):
+    quality.run_quality(["needs_text"], str(tmp_path), char_data="")
