@@ -27,9 +27,9 @@ def _steps(ckpt_dir):
   return sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
 
 
-@pytest.fixture
-def cfg(tiny_cfg):
-  c = tiny_cfg
+def _tiny(corpus_dir, cache):
+  from tests.helpers import tiny_config
+  c = tiny_config(corpus_dir, cache)
   c.train.num_steps, c.train.eval_every, c.train.sample_at_end = 8, 0, 0
   c.checkpoint.every_steps, c.checkpoint.async_save = 4, False
   c.train.tensorboard = False
@@ -38,9 +38,23 @@ def cfg(tiny_cfg):
 
 
 @pytest.fixture
-def trained(cfg, tmp_path):
-  train(cfg, str(tmp_path), log=quiet)
-  return cfg, str(tmp_path)
+def cfg(corpus_dir, tmp_path):
+  return _tiny(corpus_dir, str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def trained_once(corpus_dir, tmp_path_factory):
+  d = tmp_path_factory.mktemp("trained")
+  train(_tiny(corpus_dir, str(d / "cache")), str(d / "run"), log=quiet)
+  return str(d)
+
+
+@pytest.fixture
+def trained(trained_once, corpus_dir, tmp_path):
+  """A copy of one trained workdir (steps 4 and 8) per test: the tests damage or move it."""
+  import shutil
+  shutil.copytree(os.path.join(trained_once, "run"), tmp_path / "run")
+  return _tiny(corpus_dir, os.path.join(trained_once, "cache")), str(tmp_path / "run")
 
 
 def _restorable(cfg, workdir, step):
@@ -214,15 +228,23 @@ def test_a_second_run_on_a_workdir_in_use_is_refused(cfg, tmp_path):
   assert os.listdir(tmp_path) == ["run.lock"]
 
 
-def test_a_stale_lock_is_reported_and_taken_over(cfg, tmp_path):
+def test_a_stale_lock_is_reported_and_taken_over(tmp_path):
   import socket
   dead = subprocess.Popen(["true"])
   dead.wait()
   _lock_file(tmp_path, host=socket.gethostname(), pid=dead.pid, start="1", since="then")
   logs = []
-  train(cfg, str(tmp_path), log=logs.append)
+  lock = WorkdirLock(str(tmp_path), log=logs.append).acquire()
   assert any(f"stale lock of pid {dead.pid}" in m for m in logs)
-  assert not os.path.exists(tmp_path / "run.lock")  # released at the end
+  assert json.load(open(tmp_path / "run.lock"))["pid"] == os.getpid()
+  lock.release()
+  assert not os.path.exists(tmp_path / "run.lock")
+
+
+def test_the_lock_is_released_when_a_run_ends(cfg, tmp_path):
+  cfg.train.num_steps, cfg.optimizer.warmup_steps, cfg.checkpoint.every_steps = 2, 1, 0
+  train(cfg, str(tmp_path), log=quiet)
+  assert not os.path.exists(tmp_path / "run.lock")
 
 
 def test_another_hosts_lock_needs_break_lock(tmp_path):
