@@ -100,7 +100,8 @@ def test_train_hands_the_remote_path_to_orbax_unchanged(gcs, tiny_cfg, monkeypat
 
 def test_train_resume_and_export_on_a_local_gcs_emulator(corpus_dir, tmp_path):
   """The real script against fake-gcs-server: checkpoints (tensorstore), metrics, config, summary and
-  the lock (gcsfs) all land in the bucket; the rerun resumes from it; export reads it."""
+  the lock (gcsfs) and TensorBoard events (tensorboardX's google-cloud-storage writer) all land in
+  the bucket; the rerun resumes from it; export reads it."""
   import subprocess
   import sys
   from tests.conftest import ROOT
@@ -116,12 +117,13 @@ def test_train_resume_and_export_on_a_local_gcs_emulator(corpus_dir, tmp_path):
       return proc.stdout
 
     common = [f"--config={experiment}", "--workdir=gs://test-bucket/run", "--config.train.eval_every=0",
-              "--config.train.sample_at_end=0", "--config.checkpoint.every_steps=4", "--config.train.tensorboard=false"]
+              "--config.train.sample_at_end=0", "--config.checkpoint.every_steps=4"]
     run("scripts/train.py", *common, "--config.train.num_steps=8")
     names = list_objects(url, "test-bucket", "run/")
     for expected in ("run/config.json", "run/metrics.jsonl", "run/summary.json"):
       assert expected in names, names
     assert any(n.startswith("run/checkpoints/8/state/") for n in names), names
+    assert any(n.startswith("run/tensorboard/events.out.tfevents") for n in names), names  # tensorboardX's gs://
     assert "run/run.lock" not in names and not os.path.exists(os.path.join(ROOT, "gs:"))
     out = run("scripts/train.py", *common, "--config.train.num_steps=12", "--config.optimizer.decay_steps=8")
     assert "resumed from step 8" in out, out[-2000:]
