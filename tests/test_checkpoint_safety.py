@@ -183,6 +183,9 @@ def test_flipped_bytes_fail_the_checksum_and_fall_back(trained):
   *_, step = Checkpointer(ckpt_dir, cfg.checkpoint, log=logs.append).restore(program.abstract_state())
   assert step == 4, logs
   assert any("step 8 cannot be read (ChecksumError" in m and "params/embed/embedding" in m for m in logs), logs
+  import research
+  with pytest.raises(CheckpointError, match=r"differ from their saved checksums \(first params/embed/embedding\)"):
+    research.load_model(os.path.join(ckpt_dir, "8"))  # loading the weights alone checks them too
 
 
 # ------------------------------------------------------------------ the old run is untouched until the new one validates
@@ -211,6 +214,13 @@ def test_a_refused_resume_changes_nothing(trained):
       train(cfg, workdir, log=quiet, resume=resume)
     assert {n: open(os.path.join(workdir, n)).read() for n in before} == before
     assert sorted(os.listdir(workdir)) == listing and _steps(os.path.join(workdir, "checkpoints")) == [4, 8]
+
+
+def test_a_changed_parameter_dtype_is_refused_by_name_before_the_arrays_are_read(trained):
+  cfg, workdir = trained
+  cfg.model.param_dtype = "bfloat16"  # restoring would cast the arrays (and fail their checksums)
+  with pytest.raises(CheckpointError, match=r"model.param_dtype: checkpoint 'float32' vs now 'bfloat16'"):
+    train(cfg, workdir, log=quiet)
 
 
 # ------------------------------------------------------------------ one run per workdir
@@ -245,6 +255,19 @@ def test_the_lock_is_released_when_a_run_ends(cfg, tmp_path):
   cfg.train.num_steps, cfg.optimizer.warmup_steps, cfg.checkpoint.every_steps = 2, 1, 0
   train(cfg, str(tmp_path), log=quiet)
   assert not os.path.exists(tmp_path / "run.lock")
+
+
+def test_release_leaves_a_lock_another_run_took_over(tmp_path):
+  lock = WorkdirLock(str(tmp_path), log=quiet).acquire()
+  _lock_file(tmp_path, host="another-host", pid=12345, start="1", since="later")  # --break_lock elsewhere
+  lock.release()
+  assert json.load(open(tmp_path / "run.lock"))["pid"] == 12345
+
+
+def test_an_empty_lock_being_written_is_taken_as_live(tmp_path):
+  open(tmp_path / "run.lock", "w").close()
+  with pytest.raises(CheckpointError, match="in use"):
+    WorkdirLock(str(tmp_path), log=quiet).acquire()
 
 
 def test_another_hosts_lock_needs_break_lock(tmp_path):

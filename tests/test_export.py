@@ -77,3 +77,8 @@ def test_load_model_is_quiet(workdir, caplog):
   with caplog.at_level(logging.INFO):
     research.load_model(workdir)
   assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_remote_export_path_is_refused_in_one_line():
+  with pytest.raises(ValueError, match="export writes a local file"):
+    export_paths("gs://bucket/model.safetensors")

@@ -69,3 +69,14 @@ def test_tokenizer_and_data_fingerprints():
     check_same_data(meta, "spm-bbbb", ["fp1"])
   with pytest.raises(CheckpointError, match=r"data changed .*checkpoint \['fp1'\] vs now \['fp2'\]"):
     check_same_data(meta, "spm-aaaa", ["fp2"])
+
+
+def test_a_checkpoint_older_than_the_row_shuffle_resumes_with_it_off():
+  saved = base_config().to_dict()
+  del saved["data"]["shuffle_rows"]  # written before the key existed: rows were not shuffled
+  now = base_config()
+  now.data.shuffle_rows = 0
+  check_same_stream(saved, now.to_dict())
+  now.data.shuffle_rows = 1024
+  with pytest.raises(CheckpointError, match="data.shuffle_rows: checkpoint 0 vs now 1024"):
+    check_same_stream(saved, now.to_dict())

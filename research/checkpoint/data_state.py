@@ -67,10 +67,18 @@ def config_value(cfg: dict, dotted: str):
   return list(cfg) if isinstance(cfg, (list, tuple)) else cfg
 
 
+# A checkpoint older than a stream key ran with the behaviour that key's absence meant.
+ABSENT_MEANS = {"data.shuffle_rows": 0}
+
+
 def check_same_stream(saved_config: dict, config: dict) -> None:
   """Raises CheckpointError naming every stream-defining key that changed since the checkpoint."""
-  changed = [f"{k}: checkpoint {config_value(saved_config, k)!r} vs now {config_value(config, k)!r}"
-             for k in STREAM_KEYS if json.dumps(config_value(saved_config, k)) != json.dumps(config_value(config, k))]
+  def saved(k):
+    value = config_value(saved_config, k)
+    return ABSENT_MEANS.get(k) if value is None else value
+
+  changed = [f"{k}: checkpoint {saved(k)!r} vs now {config_value(config, k)!r}"
+             for k in STREAM_KEYS if json.dumps(saved(k)) != json.dumps(config_value(config, k))]
   if changed:
     raise CheckpointError("the data settings changed since the checkpoint, so resuming would not continue the "
                           f"same batches ({'; '.join(changed)}); restore them or start over with --fresh")

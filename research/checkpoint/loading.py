@@ -79,7 +79,16 @@ def restore_params(path: str, abstract_params, rename: Callable[[str], str | Non
                                    saved["params"])}
   restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target)
   restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)))
+      state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True),
+      meta=ocp.args.JsonRestore()))
+  saved_sums = restored["meta"].get("checksums") or {}
+  if saved_sums:  # the same check a resume makes: flipped bytes are an error, never weights
+    from research.checkpoint import checksums
+    bad = checksums.mismatches(saved_sums, checksums.tree_checksums(
+        {"params": jax.tree.map(np.asarray, restored["state"]["params"])}))
+    if bad:
+      raise CheckpointError(f"{directory}/{step}: {len(bad)} array(s) differ from their saved checksums "
+                            f"(first {bad[0]}); the step is damaged, load an earlier one")
   flat, _ = jax.tree_util.tree_flatten_with_path(restored["state"]["params"])
   by_path = {}
   for p, value in flat:
@@ -123,6 +132,9 @@ def export_paths(out: str) -> tuple[str, str]:
   """(tensors path, config path) for an export to `out`: 'model' and 'model.safetensors' give
   model.safetensors + model.json. Any other suffix is a ValueError: the config, written to the same
   name with .json, would overwrite the tensors of 'model.json' (or sit oddly beside 'model.bin')."""
+  if "://" in str(out):
+    raise ValueError(f"{out}: export writes a local file; give a local --out and copy it up "
+                     "(gsutil cp / gcloud storage cp)")
   stem, suffix = os.path.splitext(out)
   if suffix not in ("", ".safetensors") or not os.path.basename(stem):
     example = stem if os.path.basename(stem) else os.path.join(stem, "model")

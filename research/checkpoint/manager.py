@@ -191,11 +191,14 @@ class Checkpointer:
     self.manager.reload()  # what is on disk now, not what this manager saw when it started
     return sorted(self.manager.all_steps())
 
-  def restore(self, abstract_state, step: int | None = None) -> tuple[Any, dict, dict, int]:
+  def restore(self, abstract_state, step: int | None = None, check_meta=None) -> tuple[Any, dict, dict, int]:
     """(state, data state, meta, step) of `step`, or of the newest readable step when None.
 
     `abstract_state` holds jax.ShapeDtypeStructs with shardings: arrays are read straight into
-    those shards, on whatever mesh the run has now.
+    those shards, on whatever mesh the run has now. `check_meta(meta)` runs before the arrays are
+    read (a resume's checks: a refusal is a CheckpointError, not an unreadable step). With several
+    processes every decision is taken together: a step one process cannot read is unreadable for
+    all, so no process falls back alone while the others wait for it in a collective.
     """
     steps = self.steps()
     if not steps:
@@ -205,19 +208,33 @@ class Checkpointer:
     candidates = [step] if step is not None else steps[::-1]
     self.unreadable = []
     for i, s in enumerate(candidates):
+      result, error = None, None
       try:
-        return self._restore_step(abstract_state, s) + (s,)
+        result = self._read_step(abstract_state, s, check_meta)
       except CheckpointError:
         raise
       except Exception as e:  # noqa: BLE001 - any read failure means this step is not usable
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        if step is not None or i == len(candidates) - 1:
-          raise CheckpointError(f"checkpoint step {s} in {self.directory} cannot be read ({reason})") from None
-        self.log(f"checkpoint: step {s} cannot be read ({reason}); falling back to step {candidates[i + 1]}")
-        self.unreadable.append(s)
+        error = e
+      error = _agree(error)
+      if error is None and self.verify and result[2].get("checksums"):
+        # a collective over the state: reached by every process, since every read succeeded
+        bad = checksums.mismatches(result[2]["checksums"], checksums.tree_checksums(result[0]))
+        error = _agree(ChecksumError(f"{len(bad)} array(s) differ from their saved checksums, first {bad[0]}")
+                       if bad else None)
+      if error is None:
+        state, data, meta = result
+        return _from_tree(abstract_state, state), data, meta, s
+      reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+      if step is not None or i == len(candidates) - 1:
+        raise CheckpointError(f"checkpoint step {s} in {self.directory} cannot be read ({reason})") from None
+      self.log(f"checkpoint: step {s} cannot be read ({reason}); falling back to step {candidates[i + 1]}")
+      self.unreadable.append(s)
     raise AssertionError("unreachable")
 
-  def _restore_step(self, abstract_state, step: int) -> tuple[Any, dict, dict]:
+  def _read_step(self, abstract_state, step: int, check_meta) -> tuple[Any, dict, dict]:
+    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    if check_meta is not None:
+      check_meta(meta)
     saved = self.manager.item_metadata(step)["state"]
     if saved is None:
       raise OSError("no state metadata")
@@ -225,12 +242,18 @@ class Checkpointer:
     check_compatible(saved.tree if hasattr(saved, "tree") else saved, target)
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
-    meta = restored["meta"]
-    if self.verify and meta.get("checksums"):
-      bad = checksums.mismatches(meta["checksums"], checksums.tree_checksums(restored["state"]))
-      if bad:
-        raise ChecksumError(f"{len(bad)} array(s) differ from their saved checksums, first {bad[0]}")
-    return _from_tree(abstract_state, restored["state"]), restored["data"], meta
+    return restored["state"], restored["data"], restored["meta"]
+
+
+def _agree(error: BaseException | None) -> BaseException | None:
+  """This process's error, or (multi-host) another process's failure as this one's: all see the same."""
+  if jax.process_count() == 1:
+    return error
+  from jax.experimental import multihost_utils
+  failed = np.asarray(multihost_utils.process_allgather(np.int32(error is not None))).reshape(-1)
+  if error is None and failed.any():
+    return OSError(f"process {int(np.flatnonzero(failed)[0])} could not read or verify it")
+  return error
 
 
 class ChecksumError(OSError):
@@ -238,8 +261,12 @@ class ChecksumError(OSError):
 
 
 def _root_cause(e: BaseException) -> str:
-  """The innermost cause's one-line message (Orbax wraps the OSError of a full disk several times)."""
-  while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
-    e = e.__cause__ or e.__context__
+  """The innermost cause's one-line message (Orbax wraps the OSError of a full disk several times).
+  Stops at our own exceptions: an error the trainer was already handling is not the save's cause."""
+  while True:
+    nxt = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    if nxt is None or type(nxt).__module__.startswith("research"):
+      break
+    e = nxt
   text = str(e).strip().splitlines()[0] if str(e).strip() else ""
   return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -81,6 +81,19 @@ def resolve_streams(cfg, saved_data_state) -> int:
   return n
 
 
+def _close(train_iter, checkpointer, log, failing: bool) -> None:
+  """Stops the data-loader workers, then waits for the saves. While another error is on its way
+  out, a failed save is logged instead of raised, so it never hides the run's own error."""
+  if hasattr(train_iter, "close"):
+    train_iter.close()
+  try:
+    checkpointer.close()
+  except CheckpointError as e:
+    if not failing:
+      raise
+    log(f"checkpoint: {e}")
+
+
 def _barrier(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
@@ -142,8 +155,8 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
 
   def stopped_before_start(step: int, phase: str) -> dict | None:
     """A signal before the first step: nothing new to save, nothing of the old run touched."""
-    if watcher is None or not watcher.requested:
-      return None
+    if watcher is None or watcher.multi or not watcher.requested:
+      return None  # multi-host: the first step's sync point decides, the same for every process
     log(f"preempted ({watcher.signal_name or 'signal'}) {phase}, before the first step: nothing to save"
         + (f"; the checkpoint of step {step} stays" if step else "") + "; run the same command to start")
     return {"preempted": True, "step": step, "train_seconds": 0.0, "compute": None}
@@ -198,13 +211,18 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
     move_previous_run_aside(workdir, log)
   _barrier("previous run moved aside")
   checkpointer = Checkpointer(ckpt_dir, cfg.checkpoint, log=log)
-  start, data_state, train_iter = 0, None, None
+  start, data_state, train_iter, writer, progress, profiler = 0, None, None, None, None, None
+  completed = False
   try:
     if not starting_over:
-      state, data_state, saved_meta, start = checkpointer.restore(program.abstract_state(),
-                                                                  None if resume == "latest" else int(resume))
-      changed = check_resumable(saved_meta, cfg.to_dict(), data.tokenizer.fingerprint,
-                                [s.fingerprint for s in data.sources])
+      changed = []  # the resume's checks run on the step's metadata, before its arrays are read
+
+      def check(saved_meta):
+        changed[:] = check_resumable(saved_meta, cfg.to_dict(), data.tokenizer.fingerprint,
+                                     [s.fingerprint for s in data.sources])
+
+      state, data_state, _, start = checkpointer.restore(program.abstract_state(),
+                                                         None if resume == "latest" else int(resume), check)
       log(f"checkpoint: resumed from step {start} ({ckpt_dir})"
           + (f"; changed since: {'; '.join(changed)}" if changed else ""))
     else:
@@ -217,8 +235,7 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
       except (KeyError, TypeError, ValueError, IndexError) as e:
         raise CheckpointError(f"the data iterator state of step {start} does not fit this pipeline ({e})") from None
     if (early := stopped_before_start(start, "while restoring")) is not None:
-      checkpointer.close()
-      return early
+      return early  # (the finally below closes the iterator and the checkpointer)
     if is_main:
       if isinstance(resume, int):
         move_steps_aside(workdir, [s for s in checkpoint_steps(ckpt_dir) if s > resume], f"after-{resume}", log)
@@ -228,85 +245,78 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
       write_config(workdir, cfg.to_json_best_effort(indent=1))
     _barrier("workdir ready")
     checkpointer.reload()
-  except BaseException:
-    checkpointer.close()
-    if hasattr(train_iter, "close"):
-      train_iter.close()
-    raise
+    # ---------------------------------------------------------------- data
+    eval_device = [program.put_batch(b) for b in data.eval_batches(t.batch_size, t.seq_len, t.eval_batches,
+                                                                    pid, nproc)]
+    meta = {"config": cfg.to_dict(), "mesh": dict(mesh.shape), "devices": len(devices),
+            "processes": nproc, "data_streams": streams, "code_version": code_version(),
+            "tokenizer": data.tokenizer.fingerprint, "data_sources": [s.fingerprint for s in data.sources]}
+    log(f"data: {streams} stream(s) over {nproc} process(es)")
+    eval_fn = program.eval_step()
 
-  # ---------------------------------------------------------------- data
-  eval_device = [program.put_batch(b) for b in data.eval_batches(t.batch_size, t.seq_len, t.eval_batches,
-                                                                  pid, nproc)]
-  meta = {"config": cfg.to_dict(), "mesh": dict(mesh.shape), "devices": len(devices),
-          "processes": nproc, "data_streams": streams, "code_version": code_version(),
-          "tokenizer": data.tokenizer.fingerprint, "data_sources": [s.fingerprint for s in data.sources]}
-  log(f"data: {streams} stream(s) over {nproc} process(es)")
-  eval_fn = program.eval_step()
+    # ---------------------------------------------------------------- loop
+    writer = MetricsWriter(workdir, enabled=is_main, tensorboard=t.tensorboard)
+    skipped_records = sum(s.skipped_records for s in data.sources)
+    if skipped_records:
+      writer.write(0, {"skipped_records": skipped_records})
+    progress = Progress(t.num_steps, start, enabled=is_main, live=t.progress and sys.stderr.isatty())
+    tokens_per_step = t.batch_size * t.seq_len
+    window = {"loss": [], "grad_norm": [], "t0": time.time(), "steps": 0}
+    consecutive_skips = 0
 
-  # ---------------------------------------------------------------- loop
-  writer = MetricsWriter(workdir, enabled=is_main, tensorboard=t.tensorboard)
-  skipped_records = sum(s.skipped_records for s in data.sources)
-  if skipped_records:
-    writer.write(0, {"skipped_records": skipped_records})
-  progress = Progress(t.num_steps, start, enabled=is_main, live=t.progress and sys.stderr.isatty())
-  tokens_per_step = t.batch_size * t.seq_len
-  window = {"loss": [], "grad_norm": [], "t0": time.time(), "steps": 0}
-  consecutive_skips = 0
+    def run_eval(step: int) -> float:
+      loss = evaluate(eval_fn, state.params, eval_device)
+      writer.write(step, {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))})
+      progress.write(f"step {step}: eval_loss {loss:.4f}")
+      return loss
 
-  def run_eval(step: int) -> float:
-    loss = evaluate(eval_fn, state.params, eval_device)
-    writer.write(step, {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))})
-    progress.write(f"step {step}: eval_loss {loss:.4f}")
-    return loss
-
-  def finish_step(step: int, metrics) -> None:
-    """Host side of step `step` (1-based), run after step+1 was dispatched so the device never waits."""
-    nonlocal consecutive_skips
-    m = jax.device_get(metrics)
-    if not m["finite"]:
-      loss, grad_norm = float(m["loss"]), float(m["grad_norm"])
-      if math.isfinite(loss) and math.isfinite(grad_norm) and not m["update_finite"]:
-        msg = (f"step {step}: loss {loss} and grad norm {grad_norm} are finite but the updated parameters "
-               f"are not (learning rate {float(m['learning_rate']):.3g}); the update was not applied")
+    def finish_step(step: int, metrics) -> None:
+      """Host side of step `step` (1-based), run after step+1 was dispatched so the device never waits."""
+      nonlocal consecutive_skips
+      m = jax.device_get(metrics)
+      if not m["finite"]:
+        loss, grad_norm = float(m["loss"]), float(m["grad_norm"])
+        if math.isfinite(loss) and math.isfinite(grad_norm) and not m["update_finite"]:
+          msg = (f"step {step}: loss {loss} and grad norm {grad_norm} are finite but the updated parameters "
+                 f"are not (learning rate {float(m['learning_rate']):.3g}); the update was not applied")
+        else:
+          msg = f"step {step}: loss {loss}, grad norm {grad_norm} is not finite; the update was not applied"
+        if t.nonfinite == "stop":
+          writer.write(step, {"nonfinite": True, "loss": loss, "grad_norm": grad_norm})
+          raise NonFiniteError(msg + ". Set --config.train.nonfinite=skip to skip such updates.")
+        consecutive_skips += 1
+        if t.max_consecutive_skips and consecutive_skips > t.max_consecutive_skips:
+          writer.write(step, {"nonfinite": True, "loss": loss, "grad_norm": grad_norm,
+                              "skipped_steps": int(m["skipped_steps"])})
+          raise NonFiniteError(f"step {step}: {consecutive_skips} steps in a row skipped for NaN/Inf, more than "
+                               f"train.max_consecutive_skips={t.max_consecutive_skips}; the run is not learning "
+                               "(lower optimizer.learning_rate, check the data, or raise the limit; 0: no limit)")
+        progress.write(msg + f" (skipped; {int(m['skipped_steps'])} so far)")
       else:
-        msg = f"step {step}: loss {loss}, grad norm {grad_norm} is not finite; the update was not applied"
-      if t.nonfinite == "stop":
-        writer.write(step, {"nonfinite": True, "loss": loss, "grad_norm": grad_norm})
-        raise NonFiniteError(msg + ". Set --config.train.nonfinite=skip to skip such updates.")
-      consecutive_skips += 1
-      if t.max_consecutive_skips and consecutive_skips > t.max_consecutive_skips:
-        writer.write(step, {"nonfinite": True, "loss": loss, "grad_norm": grad_norm,
-                            "skipped_steps": int(m["skipped_steps"])})
-        raise NonFiniteError(f"step {step}: {consecutive_skips} steps in a row skipped for NaN/Inf, more than "
-                             f"train.max_consecutive_skips={t.max_consecutive_skips}; the run is not learning "
-                             "(lower optimizer.learning_rate, check the data, or raise the limit; 0: no limit)")
-      progress.write(msg + f" (skipped; {int(m['skipped_steps'])} so far)")
-    else:
-      consecutive_skips = 0
-      window["loss"].append(float(m["loss"]))
-      window["grad_norm"].append(float(m["grad_norm"]))
-    window["steps"] += 1
-    is_log = step % t.log_every == 0 or step == t.num_steps
-    if is_log:
-      elapsed = max(time.time() - window["t0"], 1e-9)
-      tps = window["steps"] * tokens_per_step / elapsed
-      record = {"loss": float(np.mean(window["loss"])) if window["loss"] else float("nan"),
-                "learning_rate": float(m["learning_rate"]),
-                "grad_norm": float(np.mean(window["grad_norm"])) if window["grad_norm"] else float("nan"),
-                "tokens_per_sec": tps, "mfu": mfu_lib.mfu(fpt, tps, peak),
-                "step_time_ms": 1000 * elapsed / window["steps"], "skipped_steps": int(m["skipped_steps"]),
-                "tokens_seen": step * tokens_per_step}
-      writer.write(step, record)
-      progress.update(step, f"loss {record['loss']:.4f} lr {record['learning_rate']:.2e} "
-                      f"{tps:,.0f} tok/s mfu {100 * record['mfu']:.1f}%", log_line=True)
-      window.update(loss=[], grad_norm=[], t0=time.time(), steps=0)
-    else:
-      progress.update(step, f"loss {float(m['loss']):.4f}", log_line=False)
+        consecutive_skips = 0
+        window["loss"].append(float(m["loss"]))
+        window["grad_norm"].append(float(m["grad_norm"]))
+      window["steps"] += 1
+      is_log = step % t.log_every == 0 or step == t.num_steps
+      if is_log:
+        elapsed = max(time.time() - window["t0"], 1e-9)
+        tps = window["steps"] * tokens_per_step / elapsed
+        record = {"loss": float(np.mean(window["loss"])) if window["loss"] else float("nan"),
+                  "learning_rate": float(m["learning_rate"]),
+                  "grad_norm": float(np.mean(window["grad_norm"])) if window["grad_norm"] else float("nan"),
+                  "tokens_per_sec": tps, "mfu": mfu_lib.mfu(fpt, tps, peak),
+                  "step_time_ms": 1000 * elapsed / window["steps"], "skipped_steps": int(m["skipped_steps"]),
+                  "tokens_seen": step * tokens_per_step}
+        writer.write(step, record)
+        progress.update(step, f"loss {record['loss']:.4f} lr {record['learning_rate']:.2e} "
+                        f"{tps:,.0f} tok/s mfu {100 * record['mfu']:.1f}%", log_line=True)
+        window.update(loss=[], grad_norm=[], t0=time.time(), steps=0)
+      else:
+        progress.update(step, f"loss {float(m['loss']):.4f}", log_line=False)
 
-  profiler = StepProfiler(workdir, t.profile_start_step, t.profile_stop_step, log=log)
-  t_loop = time.time()
-  pending, preempted, final_eval, step = None, False, None, start
-  try:
+    profiler = StepProfiler(workdir, t.profile_start_step, t.profile_stop_step, log=log)
+    t_loop = time.time()
+    pending, preempted, final_eval, step = None, False, None, start
     for step in range(start, t.num_steps):
       profiler.before_step(step + 1)
       state, metrics = step_fn(state, program.put_batch(next(train_iter)))
@@ -343,13 +353,12 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
       if cfg.checkpoint.save_at_end:
         checkpointer.maybe_save(t.num_steps, state, lambda: gather_states(train_iter.get_state()), meta,
                                 force=True, metrics={"eval_loss": final_eval})
+    completed = True
   finally:
-    profiler.close()
-    progress.close()
-    writer.close()
-    checkpointer.close()  # waits until every save is durable
-    if hasattr(train_iter, "close"):
-      train_iter.close()  # stops data-loader worker processes
+    for part in (profiler, progress, writer):
+      if part is not None:
+        part.close()
+    _close(train_iter, checkpointer, log, failing=not completed)  # waits until every save is durable
   steps_run = (step + 1 if preempted else t.num_steps) - start
   compute = mfu_lib.compute_summary(fpt, steps_run * tokens_per_step, len(devices), time.time() - t_start,
                                     t.cost_per_device_hour)

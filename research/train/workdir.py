@@ -74,6 +74,8 @@ def move_steps_aside(workdir: str, steps: list[int], why: str, log) -> str | Non
   ckpt_dir = epath.Path(workdir) / "checkpoints"
   aside = epath.Path(workdir) / f"checkpoints.{why}-{_stamp()}"
   aside.mkdir(parents=True, exist_ok=True)
+  # object stores have no empty directories, and epath renames only into an existing one
+  (aside / "MOVED_ASIDE").write_text(f"{why}: steps {steps}\n")
   for s in steps:
     (ckpt_dir / str(s)).rename(aside / str(s))
   log(f"checkpoint: moved step(s) {steps} to {aside}")
@@ -156,7 +158,10 @@ class WorkdirLock:
         owner = json.loads(self.path.read_text())
       except (OSError, json.JSONDecodeError, FileNotFoundError):
         owner = {}
-      alive = _alive(owner) if owner else False
+      if not owner and self._young():  # another run is writing it right now
+        owner, alive = {"pid": "?", "host": "?", "since": "just now"}, True
+      else:
+        alive = _alive(owner) if owner else False
       who = f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('since')}" if owner else "an unreadable lock"
       if alive and not self.break_lock:
         raise CheckpointError(f"workdir {self.path.parent} is in use by the run of {who} ({self.path}); "
@@ -183,7 +188,20 @@ class WorkdirLock:
       f.write(text)
     return True
 
+  def _young(self, seconds: float = 10.0) -> bool:
+    try:
+      return time.time() - self.path.stat().mtime < seconds
+    except (OSError, FileNotFoundError, AttributeError):
+      return False
+
   def release(self) -> None:
-    if self.held:
+    """Removes the lock if it is still this process's (a run that took it over keeps its own)."""
+    if not self.held:
+      return
+    self.held = False
+    try:
+      owner = json.loads(self.path.read_text())
+    except (OSError, json.JSONDecodeError, FileNotFoundError):
+      return
+    if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
       self.path.unlink(missing_ok=True)
-      self.held = False
