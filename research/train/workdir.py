@@ -74,8 +74,8 @@ def move_steps_aside(workdir: str, steps: list[int], why: str, log) -> str | Non
   ckpt_dir = epath.Path(workdir) / "checkpoints"
   aside = epath.Path(workdir) / f"checkpoints.{why}-{_stamp()}"
   aside.mkdir(parents=True, exist_ok=True)
-  # object stores have no empty directories, and epath renames only into an existing one
-  (aside / "MOVED_ASIDE").write_text(f"{why}: steps {steps}\n")
+  if is_remote(workdir):  # object stores have no empty directories; epath renames only into one that exists
+    (aside / "MOVED_ASIDE").write_text(f"{why}: steps {steps}\n")
   for s in steps:
     (ckpt_dir / str(s)).rename(aside / str(s))
   log(f"checkpoint: moved step(s) {steps} to {aside}")
