@@ -9,11 +9,12 @@ import pytest
 from etils import epath
 from fsspec.implementations.memory import MemoryFileSystem
 
-from research.checkpoint.loading import resolve_step_dir
+from research.checkpoint.loading import checkpoint_steps, resolve_step_dir
 from research.train import trainer as trainer_lib
 from research.train.metrics import MetricsWriter
-from research.train.workdir import (WorkdirLock, checkpoint_steps, move_previous_run_aside, move_steps_aside,
-                                    resolve_workdir, truncate_metrics, write_config)
+from research.paths import absolute
+from research.train.workdir import (WorkdirLock, move_previous_run_aside, move_steps_aside,
+                                    truncate_metrics, write_config)
 
 RUN = "gs://bucket/run"
 
@@ -50,7 +51,7 @@ def gcs(monkeypatch):
 
 
 def test_workdir_files_on_a_remote_path(gcs):
-  assert resolve_workdir(RUN) == RUN
+  assert absolute(RUN) == RUN
   root = epath.Path(RUN)
   lock = WorkdirLock(RUN, log=lambda *a: None).acquire()
   assert json.loads((root / "run.lock").read_text())["pid"] == os.getpid()

@@ -15,17 +15,24 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
+from research.paths import absolute, is_remote
 from research.checkpoint.manager import CheckpointError, _handlers
 from research.treepaths import path_str
 
 
+def checkpoint_steps(ckpt_dir) -> list[int]:
+  """The step directories (digits) of a checkpoints dir, local or remote; [] when there is none."""
+  d = epath.Path(ckpt_dir)
+  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
+
 def resolve_step_dir(path: str) -> tuple[str, int]:
   """A workdir (newest step of DIR/checkpoints), a checkpoints dir, or a step dir -> (checkpoints dir, step)."""
-  p = epath.Path(path if "://" in str(path) else os.path.abspath(path))  # local or gs://...
+  p = epath.Path(absolute(path))
   if p.name.isdigit() and (p / "state").is_dir():
     return str(p.parent), int(p.name)
   directory = p / "checkpoints" if (p / "checkpoints").is_dir() else p
-  steps = sorted(int(c.name) for c in directory.iterdir() if c.name.isdigit()) if directory.is_dir() else []
+  steps = checkpoint_steps(directory)
   directory = str(directory)
   if not steps:
     raise CheckpointError(f"{path}: no checkpoints here (give a workdir, its checkpoints/ or a step directory)")
@@ -132,7 +139,7 @@ def export_paths(out: str) -> tuple[str, str]:
   """(tensors path, config path) for an export to `out`: 'model' and 'model.safetensors' give
   model.safetensors + model.json. Any other suffix is a ValueError: the config, written to the same
   name with .json, would overwrite the tensors of 'model.json' (or sit oddly beside 'model.bin')."""
-  if "://" in str(out):
+  if is_remote(out):
     raise ValueError(f"{out}: export writes a local file; give a local --out and copy it up "
                      "(gsutil cp / gcloud storage cp)")
   stem, suffix = os.path.splitext(out)

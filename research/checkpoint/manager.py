@@ -17,6 +17,7 @@ The directory may be local or remote (gs://...): Orbax and tensorstore handle bo
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -30,6 +31,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from research.checkpoint import checksums
+from research.paths import absolute
 from research.treepaths import path_str
 
 
@@ -88,7 +90,7 @@ def _from_tree(like, tree):
 class Checkpointer:
 
   def __init__(self, directory: str, ckpt_cfg, log=print):
-    self.directory = str(directory) if "://" in str(directory) else os.path.abspath(directory)
+    self.directory = absolute(directory)
     self.log = log
     self.verify = ckpt_cfg.get("verify", True)
     self.unreadable: list[int] = []   # steps restore skipped, newest first
@@ -142,23 +144,18 @@ class Checkpointer:
     self._saving = step
     return started
 
+  @contextlib.contextmanager
   def _save_errors(self, step: int):
     """Turns a failed write (Orbax raises an async save's error at the next save or wait) into one
     line naming the step, the directory and the cause."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def guard():
-      try:
-        yield
-      except Exception as e:  # noqa: BLE001 - any failure to write is reported the same way
-        failed = self._saving if self._saving is not None else step
-        self._saving = None
-        cause = _root_cause(e)
-        kept = [s for s in self.manager.all_steps() if s != failed]
-        raise CheckpointError(f"saving checkpoint step {failed} to {self.directory} failed ({cause}); "
-                              f"the previous checkpoints are kept (steps {sorted(kept)})") from None
-    return guard()
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 - any failure to write is reported the same way
+      failed = self._saving if self._saving is not None else step
+      self._saving = None
+      kept = [s for s in self.manager.all_steps() if s != failed]
+      raise CheckpointError(f"saving checkpoint step {failed} to {self.directory} failed ({_root_cause(e)}); "
+                            f"the previous checkpoints are kept (steps {sorted(kept)})") from None
 
   def _time_due(self) -> bool:
     """checkpoint.every_minutes elapsed since the last save; decided on process 0 for all."""
@@ -241,8 +238,8 @@ class Checkpointer:
     target = _as_tree(abstract_state)
     check_compatible(saved.tree if hasattr(saved, "tree") else saved, target)
     restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
-    return restored["state"], restored["data"], restored["meta"]
+        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+    return restored["state"], restored["data"], meta
 
 
 def _agree(error: BaseException | None) -> BaseException | None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 
 from etils import epath
+
+from research.paths import is_remote
 
 
 def _clean(value):
@@ -25,8 +26,8 @@ class MetricsWriter:
 
   def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
     self.enabled = enabled
-    self.remote = "://" in str(workdir)
-    self.path = f"{workdir}/metrics.jsonl" if self.remote else os.path.join(workdir, "metrics.jsonl")
+    self.remote = is_remote(workdir)
+    self.path = str(epath.Path(workdir) / "metrics.jsonl")
     self._tb = None
     self._lines: list[str] = []
     if enabled:
@@ -35,7 +36,7 @@ class MetricsWriter:
         self._lines = epath.Path(self.path).read_text().splitlines(keepends=True)
       if tensorboard:
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(f"{workdir}/tensorboard" if self.remote else os.path.join(workdir, "tensorboard"))
+        self._tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.enabled:

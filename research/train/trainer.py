@@ -17,6 +17,7 @@ import numpy as np
 from etils import epath
 
 from research.checkpoint import CheckpointError, Checkpointer, PreemptionWatcher
+from research.checkpoint.loading import checkpoint_steps
 from research.checkpoint.data_state import gather_states, local_state, saved_num_streams
 from research.checkpoint.manager import code_version
 from research.checkpoint.resume_checks import check_resumable
@@ -24,6 +25,7 @@ from research.config import ConfigError, validate_config
 from research.data import build_pipeline
 from research.infer.sample import sample_text
 from research.models import count_params, flops_per_token
+from research.paths import absolute
 from research.perf.compiled import compiler_flops, format_memory, memory_report
 from research.sharding import make_mesh
 from research.train import mfu as mfu_lib
@@ -32,8 +34,8 @@ from research.train.metrics import MetricsWriter, Progress
 from research.train.profiler import StepProfiler
 from research.train.program import build_program
 from research.train.schedules import fit_warmup
-from research.train.workdir import (WorkdirLock, check_resume, checkpoint_steps, move_previous_run_aside,
-                                    move_steps_aside, resolve_workdir, truncate_metrics, write_config)
+from research.train.workdir import (WorkdirLock, check_resume, move_previous_run_aside,
+                                    move_steps_aside, truncate_metrics, write_config)
 
 
 class NonFiniteError(RuntimeError):
@@ -63,9 +65,7 @@ def open_data(cfg, log):
   """The data pipeline; process 0 builds the corpus and tokenizer, the others open them after."""
   pid, nproc = jax.process_index(), jax.process_count()
   data = build_pipeline(cfg.data, log=log) if pid == 0 else None
-  if nproc > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("data prepared")
+  _barrier("data prepared")
   return data if data is not None else build_pipeline(cfg.data, log=log)
 
 
@@ -116,7 +116,7 @@ def train(cfg, workdir: str, log=print, resume: str | int = "latest", dry_run: b
   """
   if dry_run:
     return _train(cfg, workdir, log, resume, True, None)
-  workdir = resolve_workdir(workdir)
+  workdir = absolute(workdir)
   lock = WorkdirLock(workdir, break_lock, log) if jax.process_index() == 0 else None
   with PreemptionWatcher(log if jax.process_index() == 0 else (lambda *a: None)) as watcher:
     if lock is not None:

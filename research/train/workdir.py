@@ -17,24 +17,12 @@ import time
 from etils import epath
 
 from research.checkpoint import CheckpointError
+from research.checkpoint.loading import checkpoint_steps
+from research.paths import is_remote
 
 # What a run leaves in its workdir; --fresh moves each aside to NAME.before-<time> (never deletes).
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "summary.json", "profile", "config.json")
 LOCK_NAME = "run.lock"
-
-
-def is_remote(path: str) -> bool:
-  return "://" in str(path)
-
-
-def resolve_workdir(path: str) -> str:
-  """A local workdir made absolute (so subprocesses and Orbax agree); a remote URI as given."""
-  return str(path) if is_remote(path) else os.path.abspath(os.path.expanduser(path))
-
-
-def checkpoint_steps(ckpt_dir: str) -> list[int]:
-  d = epath.Path(ckpt_dir)
-  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
 
 
 def _stamp() -> str:
