@@ -12,7 +12,9 @@ from research.sharding.rules import DEFAULT_RULES
 def model_defaults() -> ml_collections.ConfigDict:
   """Architecture keys; `research.models.presets` fills them for published models."""
   m = ml_collections.ConfigDict()
-  m.family = "gpt2"            # gpt2 | llama (a label; the switches below define the network)
+  m.arch = "decoder"           # the architecture (research/models/registry.py): decoder
+  m.family = "gpt2"            # the Hugging Face family the weights convert to and from (the switches
+                               # below define the network; export checks they fit the family)
   m.vocab_size = 0             # 0: take the tokenizer's vocabulary size (rounded up, see below)
   m.vocab_multiple = 64        # when vocab_size is 0, round the tokenizer's size up to this
   m.max_seq_len = 1024         # context length (size of the learned position table)
@@ -47,6 +49,21 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.model = model_defaults()
+
+  c.task = ml_collections.ConfigDict()
+  c.task.name = "lm"             # the objective (research/tasks): lm (next-token prediction)
+
+  c.finetune = ml_collections.ConfigDict()
+  # Start from another run's parameters: a workdir (its newest step), a step directory, or a converted
+  # Hugging Face directory (scripts/convert_hf.py). Parameters only: the run starts at step 0 with a
+  # fresh optimizer and its own checkpoints; the architecture (model.*, except the runtime keys
+  # remat, scan_layers, attention_impl, dtype, param_dtype, dropout) and the tokenizer are the
+  # checkpoint's. "": train from scratch.
+  c.finetune.init_from = ""
+  c.finetune.init_new = ()       # regexes of parameter paths the checkpoint may lack (initialised fresh,
+                                 # e.g. a new head); any other missing parameter is an error
+  c.finetune.freeze = ()         # regexes of parameter paths (e.g. "^embed/", "^blocks/[0-5]/") that get no
+                                 # gradient and no optimizer state
 
   c.data = ml_collections.ConfigDict()
   # Sources: data.mixture if set, else data.tfds_name if set, else the local corpus at data.path.

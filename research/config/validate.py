@@ -19,6 +19,7 @@ class ConfigError(ValueError):
 
 
 CHOICES = {
+    "model.arch": ("decoder",),
     "model.family": ("gpt2", "llama"),
     "model.mlp_activation": ("gelu_tanh", "gelu", "relu", "swiglu"),
     "model.norm": ("layernorm", "rmsnorm"),
@@ -55,7 +56,8 @@ NON_NEGATIVE = ("model.vocab_size", "model.num_kv_heads", "model.head_dim", "mod
 
 # Tuple keys whose elements are strings: an empty default says nothing about the element type, and
 # '--config.data.val_files=1,2' must give file names, not ints (cli.py parses them as strings).
-STRING_TUPLES = ("data.val_files", "optimizer.no_decay")
+STRING_TUPLES = ("data.val_files", "optimizer.no_decay", "finetune.init_new", "finetune.freeze")
+REGEX_TUPLES = ("optimizer.no_decay", "finetune.init_new", "finetune.freeze")
 
 
 def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
@@ -113,11 +115,12 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int, need_data:
   for key in STRING_TUPLES:
     if not all(isinstance(v, str) for v in values[key]):
       raise ConfigError(f"{key}={tuple(values[key])!r} must be a tuple of strings")
-  for pattern in values["optimizer.no_decay"]:
-    try:
-      re.compile(pattern)
-    except re.error as e:
-      raise ConfigError(f"optimizer.no_decay: {pattern!r} is not a regular expression ({e})") from None
+  for key in REGEX_TUPLES:
+    for pattern in values[key]:
+      try:
+        re.compile(pattern)
+      except re.error as e:
+        raise ConfigError(f"{key}: {pattern!r} is not a regular expression ({e})") from None
   for key, allowed in CHOICES.items():
     if values[key] not in allowed:
       raise ConfigError(f"{key}={values[key]!r} is not one of {', '.join(allowed)}")
