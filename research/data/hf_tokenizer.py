@@ -67,15 +67,17 @@ class HFTokenizer:
                       "the EOS token ends every document")
     self.eos_id = lookup(tokens["eos_token"])
     ids = {k: lookup(tokens[k]) if tokens.get(k) else None for k in SPECIAL_KEYS}
-    self.bos_id = self.eos_id if ids["bos_token"] is None else ids["bos_token"]
-    self.pad_id = self.eos_id if ids["pad_token"] is None else ids["pad_token"]
     if isinstance(self._backend, _TokenizerJson) and self._backend.has_post_processor:
-      self.add_bos = ids["bos_token"] is not None and self._backend.first_added() == ids["bos_token"]
+      first = self._backend.first_added()  # no bos_token named: what the post-processor puts first
+      ids["bos_token"] = first if ids["bos_token"] is None else ids["bos_token"]
+      self.add_bos = first is not None and first == ids["bos_token"]
     else:
       self.add_bos = bool(config.get("add_bos_token", False))
     if self.add_bos and ids["bos_token"] is None:
       raise DataError(f"{path('tokenizer_config.json')}: add_bos_token is set but bos_token "
                       f"{tokens.get('bos_token')!r} is not in the vocabulary")
+    self.bos_id = self.eos_id if ids["bos_token"] is None else ids["bos_token"]
+    self.pad_id = self.eos_id if ids["pad_token"] is None else ids["pad_token"]
     self.vocab_size = max([self._backend.size - 1, *added.values(), *(i for i in ids.values() if i is not None)]) + 1
     special_added = [int(i) for i, t in (config.get("added_tokens_decoder") or {}).items()
                      if isinstance(t, dict) and t.get("special")]
