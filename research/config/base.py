@@ -90,7 +90,10 @@ def base_config() -> ml_collections.ConfigDict:
                                  # on the process count, so runs and checkpoints move between them.
   c.data.num_workers = 0         # Grain worker processes (0: read in the training process)
   c.data.read_threads = 2        # threads reading and tokenizing documents in each process
-  c.data.tokenizer = "byte"      # byte | sentencepiece | bpe (GPT-2 files) | tiktoken (a .tiktoken file)
+  c.data.tokenizer = "byte"      # byte | sentencepiece | bpe (GPT-2 files) | tiktoken (a .tiktoken file) |
+                                 # hf (a Hugging Face tokenizer directory)
+  c.data.tokenizer_dir = ""      # hf: tokenizer.json, else vocab.json + merges.txt, else tokenizer.model, with
+                                 # tokenizer_config.json (bos/eos/pad, add_bos_token, chat template); local or gs://
   c.data.bpe_vocab_file = ""     # bpe: vocab.json
   c.data.bpe_merges_file = ""    # bpe: merges.txt
   c.data.tiktoken_file = ""      # tiktoken: a .tiktoken ranks file

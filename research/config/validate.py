@@ -27,7 +27,7 @@ CHOICES = {
     "model.attention_impl": ("xla", "cudnn"),
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
-    "data.tokenizer": ("byte", "sentencepiece", "bpe", "tiktoken"),
+    "data.tokenizer": ("byte", "sentencepiece", "bpe", "tiktoken", "hf"),
     "data.tiktoken_pattern": ("gpt2", "cl100k"),
     "data.format": ("auto", "text", "jsonl"),
     "data.doc_split": ("file", "blank_lines"),
@@ -208,6 +208,9 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int, need_data:
     raise ConfigError(f"optimizer.b1={o.b1}, optimizer.b2={o.b2} must be in [0, 1)")
   if not 0.0 < cfg.data.val_fraction < 1.0:
     raise ConfigError(f"data.val_fraction={cfg.data.val_fraction} must be in (0, 1)")
+  if cfg.data.tokenizer == "hf" and not cfg.data.tokenizer_dir:
+    raise ConfigError("data.tokenizer=hf needs data.tokenizer_dir: a Hugging Face tokenizer directory "
+                      "(tokenizer.json, vocab.json + merges.txt, or tokenizer.model)")
   if need_data and not (cfg.data.path or cfg.data.tfds_name or cfg.data.mixture):
     raise ConfigError("data.path is empty (and no data.tfds_name or data.mixture); give a text file, "
                       "a directory or a glob")
