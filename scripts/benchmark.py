@@ -4,8 +4,9 @@
       N train steps on synthetic tokens after a warm-up: tokens_per_sec, step_time_ms (median) and its
       spread, mfu, peak_flops, flops_per_token, memory_bytes_per_device.
       --compare_pytorch: also time Hugging Face GPT-2 + torch.optim.AdamW of the same shapes and
-      optimizer on the same machine, one after the other (GPT-2-style configs; torch is test-only:
-      pip install -r requirements-test.txt), and report pytorch_tokens_per_sec and the ratio.
+      optimizer on the same machine, one after the other (GPT-2-style configs; research/perf/pytorch_peer.py;
+      torch and transformers are optional: pip install -r requirements-test.txt), and report
+      pytorch_tokens_per_sec and the ratio.
   python scripts/benchmark.py --mode=data --config=experiments/<name>.py [--steps=N]
       the data pipeline alone (read, tokenize, pack/chunk, batch): tokens_per_sec, and the ratio to
       what the train step consumes when --compare_train is set.
@@ -68,12 +69,22 @@ def main(_):
   from research.perf.benchmark import benchmark_data, benchmark_train
   cfg = load_config(FLAGS.config, _OVERRIDES)
   if FLAGS.mode == "train":
+    if FLAGS.compare_pytorch:  # checked before the JAX side runs, not after
+      from research.perf import pytorch_peer
+      if missing := pytorch_peer.missing_dependencies():
+        print(f"error: {missing}", file=sys.stderr)
+        sys.exit(1)
+      try:
+        pytorch_peer.check_supported(cfg.model)
+      except ValueError as e:  # a model GPT-2 cannot express
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     result = benchmark_train(cfg, FLAGS.steps, FLAGS.warmup)
     if FLAGS.compare_pytorch:
-      from tests.pytorch_peer import benchmark_pytorch_gpt2  # test-only: torch lives in requirements-test.txt
       t = cfg.train
-      peer = benchmark_pytorch_gpt2(cfg.model, t.batch_size, t.seq_len, cfg.optimizer, FLAGS.steps, FLAGS.warmup,
-                                    compile=FLAGS.pytorch_compile, bf16_autocast=FLAGS.pytorch_bf16)
+      peer = pytorch_peer.benchmark_pytorch_gpt2(cfg.model, t.batch_size, t.seq_len, cfg.optimizer, FLAGS.steps,
+                                                 FLAGS.warmup, compile=FLAGS.pytorch_compile,
+                                                 bf16_autocast=FLAGS.pytorch_bf16)
       result["pytorch"] = peer
       result["pytorch_tokens_per_sec"] = peer["tokens_per_sec"]
       result["ratio_to_pytorch"] = result["tokens_per_sec"] / peer["tokens_per_sec"]
