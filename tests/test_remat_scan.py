@@ -8,7 +8,7 @@ from flax import nnx
 from research.models import DecoderLM, preset_config
 from research.models.layout import stack_layers, to_layout, unstack_layers
 from research.models.remat import POLICIES
-from research.train.step import loss_sums
+from research.tasks.lm import loss_sums
 
 
 def _batch(vocab, b=4, l=16, seed=0):
@@ -23,7 +23,7 @@ def _batch(vocab, b=4, l=16, seed=0):
 
 def _loss_and_grads(cfg, params, batch, rng=None):
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: DecoderLM(cfg, rngs=nnx.Rngs(0))))
-  fn = jax.jit(jax.value_and_grad(lambda p: (lambda s: s[0] / s[1])(loss_sums(graphdef, p, batch, rng))))
+  fn = jax.jit(jax.value_and_grad(lambda p: (lambda s: s[0] / s[1])(loss_sums(nnx.merge(graphdef, p), batch, rng))))
   return fn(params)
 
 
@@ -75,7 +75,7 @@ def test_layout_round_trip():
 def _lowered_grad(cfg, batch):
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: DecoderLM(cfg, rngs=nnx.Rngs(0))))
   params = jax.eval_shape(lambda: nnx.to_pure_dict(nnx.state(DecoderLM(cfg, rngs=nnx.Rngs(0)), nnx.Param)))
-  return jax.jit(jax.grad(lambda p, b: loss_sums(graphdef, p, b, None)[0])).lower(params, batch)
+  return jax.jit(jax.grad(lambda p, b: loss_sums(nnx.merge(graphdef, p), b, None)[0])).lower(params, batch)
 
 
 def _train_step_memory(cfg, batch):

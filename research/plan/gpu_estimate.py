@@ -83,7 +83,7 @@ def estimate_memory(cfg, mesh_shape, num_devices: int) -> dict:
   activations = tokens * (layers * kept + (layer_set if cfg.model.remat != "none" else 0))
   vocab = cfg.model.vocab_size
   # The plain path (train.loss_chunks=0) keeps f32 logits, their softmax and gradient; the fused head
-  # (train/head_loss.py) holds one chunk's f32 logits and exponentials and its gradient at a time.
+  # (tasks/head_loss.py) holds one chunk's f32 logits and exponentials and its gradient at a time.
   chunks = t.loss_chunks
   logits = tokens * vocab / shape["tensor"] * (4 * 3 if chunks == 0 else (4 + 4 + a_bytes) / chunks)
   report = {"params": sharded * p_bytes, "optimizer_state": 2 * sharded * p_bytes, "gradients": sharded * 4,

@@ -17,7 +17,7 @@ import optax
 
 from research.config import ConfigError
 from research.tasks.base import Field, Task, token_field
-from research.train.head_loss import head_cross_entropy
+from research.tasks.head_loss import head_cross_entropy
 
 MODEL_INPUTS = ("positions", "segment_ids")   # batch keys the model takes besides the tokens
 

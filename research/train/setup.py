@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from research.config import validate_config
+from research.config import ConfigError, validate_config
 from research.tasks import Task, get_task
 
 
@@ -14,7 +14,11 @@ def complete_config(cfg, num_devices: int, log=print, need_data: bool = True,
                     open_data: Callable | None = None, **validate_kwargs) -> tuple[Task, object]:
   """(task, data pipeline or None): the config validated (for `num_devices`; validate_kwargs such
   as processes and backend go to validate_config), then `prepare_task`."""
-  get_task(cfg)  # an unknown task.name is the first error, before anything is read
+  task = get_task(cfg)  # an unknown task.name is the first error, before anything is read
+  written = [f"eval_{m}" for m in task.metric_names]
+  if cfg.checkpoint.best_metric not in written:
+    raise ConfigError(f"checkpoint.best_metric={cfg.checkpoint.best_metric!r} is not one of {', '.join(written)} "
+                      f"(what task {task.name} evaluates)")
   if cfg.finetune.init_from:  # the architecture the validation checks is the checkpoint's
     from research.train.finetune import adopt_checkpoint_model
     adopt_checkpoint_model(cfg, log)
