@@ -31,10 +31,11 @@ def auto(directory, **kwargs):
   return AutoTokenizer.from_pretrained(str(directory), **kwargs)
 
 
-def assert_parity(ours, hf, texts=TEXTS):
+def assert_parity(ours, hf, texts=TEXTS, round_trip=lambda text: True):
   for text in texts:
     assert ours.encode(text) == hf.encode(text, add_special_tokens=False), text
-    assert ours.decode(ours.encode(text)) == text, text
+    if round_trip(text):
+      assert ours.decode(ours.encode(text)) == text, text
 
 
 def write_json(path, value):
@@ -114,6 +115,18 @@ def test_layout_encodes_as_transformers_does(layouts, layout):
   assert ours.decode([ours.bos_id, *ours.encode("the cat"), ours.eos_id, ours.vocab_size + 3, -1]) == "the cat"
   again = pickle.loads(pickle.dumps(ours))  # for data-loader workers: reloads from the files
   assert again.encode(TEXTS[2]) == ours.encode(TEXTS[2]) and again.fingerprint == ours.fingerprint
+
+
+@pytest.mark.parametrize("layout", ["tokenizer.json", "gpt2", "spm"])
+def test_a_directory_transformers_5_saved(layouts, tmp_path, layout):
+  """save_pretrained writes the v5 format: string tokens, tokenizer.json, chat_template.jinja."""
+  auto(layouts[layout]).save_pretrained(str(tmp_path / "saved"))
+  ours, hf = HFTokenizer(str(tmp_path / "saved")), auto(tmp_path / "saved")
+  # every text: LlamaTokenizer's pipeline is in the tokenizer.json now, and loses a leading space
+  assert_parity(ours, hf, round_trip=lambda text: layout != "spm" or not text[:1].isspace())
+  assert ours.add_bos == (hf.encode("a")[:1] == [hf.bos_token_id]) == (layout != "gpt2")
+  assert (ours.bos_id, ours.eos_id) == (hf.bos_token_id, hf.eos_token_id)
+  assert ours.chat_template == HFTokenizer(str(layouts[layout])).chat_template
 
 
 def test_spm_layout_matches_sentencepiece_backend_on_every_text(tmp_path):
