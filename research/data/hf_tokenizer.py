@@ -203,7 +203,8 @@ def _content(token, key: str, directory: str) -> str | None:
 
 
 def _added_tokens(config: dict, directory: str) -> dict[str, tuple[int, bool]]:
-  """tokenizer_config.json's added_tokens_decoder ({"id": {"content": ..., "special": ...}}): {content: (id, special)}."""
+  """tokenizer_config.json's added_tokens_decoder, {"id": {"content": ..., "special": ...}}, as
+  {content: (id, special)}."""
   added = {}
   for i, token in (config.get("added_tokens_decoder") or {}).items():
     content = _content(token, f"added_tokens_decoder[{i!r}]", directory)
