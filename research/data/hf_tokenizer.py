@@ -42,46 +42,32 @@ class HFTokenizer:
     self.files = [n for n in HF_FILES if os.path.isfile(os.path.join(directory, n))]
     path = lambda name: os.path.join(directory, name)
     config = _read_json(path("tokenizer_config.json"))
-    tokens = _special_tokens(config, _read_json(path("special_tokens_map.json")), directory)
-    if "tokenizer.json" in self.files:
-      self._backend = _TokenizerJson(path("tokenizer.json"))
-    elif "vocab.json" in self.files and "merges.txt" in self.files:
-      if config.get("add_prefix_space"):
-        raise DataError(f"{path('tokenizer_config.json')}: add_prefix_space=true is not supported (decode would "
-                        "not give the text back); only GPT-2's add_prefix_space=false")
-      self._backend = _GPT2Files(path("vocab.json"), path("merges.txt"), tokens.get("eos_token") or ENDOFTEXT)
-    elif "tokenizer.model" in self.files:
-      self._backend = _SentencePieceModel(path("tokenizer.model"))
-    else:
-      raise DataError(f"data.tokenizer_dir={directory}: no tokenizer file there; looked for {LAYOUTS}")
-    tokens = {**self._backend.defaults, **{k: v for k, v in tokens.items() if v}}
-    added = {}  # tokens tokenizer_config.json adds (transformers gives them these ids too)
-    for i, token in (config.get("added_tokens_decoder") or {}).items():
-      added[_content(token, "added_tokens_decoder", directory)] = int(i)
-    lookup = lambda token: added.get(token, self._backend.token_id(token))
-    if not tokens.get("eos_token"):
-      raise DataError(f"{path('tokenizer_config.json')}: no eos_token (nor in special_tokens_map.json or "
+    named = _special_tokens(config, _read_json(path("special_tokens_map.json")), directory)
+    self._backend = _open_backend(directory, self.files, config, named.get("eos_token"))
+    named = {**self._backend.defaults, **{k: v for k, v in named.items() if v}}
+    added = _added_tokens(config, directory)  # transformers gives them these ids too
+    lookup = lambda token: added[token][0] if token in added else self._backend.token_id(token)
+    ids = {k: lookup(named[k]) if named.get(k) else None for k in SPECIAL_KEYS}
+    if ids["eos_token"] is None:
+      raise DataError(f"{path(self._backend.file)}: eos_token {named['eos_token']!r} is not in the vocabulary; the "
+                      "EOS token ends every document" if named.get("eos_token") else
+                      f"{path('tokenizer_config.json')}: no eos_token (nor in special_tokens_map.json or "
                       f"{self._backend.file}); the EOS token ends every document")
-    if lookup(tokens["eos_token"]) is None:
-      raise DataError(f"{path(self._backend.file)}: eos_token {tokens['eos_token']!r} is not in the vocabulary; "
-                      "the EOS token ends every document")
-    self.eos_id = lookup(tokens["eos_token"])
-    ids = {k: lookup(tokens[k]) if tokens.get(k) else None for k in SPECIAL_KEYS}
-    if isinstance(self._backend, _TokenizerJson) and self._backend.has_post_processor:
-      first = self._backend.first_added()  # no bos_token named: what the post-processor puts first
+    if self._backend.post_processor_bos is not False:  # tokenizer.json decides, as in transformers 5
+      first = self._backend.post_processor_bos  # with no bos_token named, what it puts first is BOS
       ids["bos_token"] = first if ids["bos_token"] is None else ids["bos_token"]
       self.add_bos = first is not None and first == ids["bos_token"]
     else:
       self.add_bos = bool(config.get("add_bos_token", False))
-    if self.add_bos and ids["bos_token"] is None:
-      raise DataError(f"{path('tokenizer_config.json')}: add_bos_token is set but bos_token "
-                      f"{tokens.get('bos_token')!r} is not in the vocabulary")
+      if self.add_bos and ids["bos_token"] is None:
+        raise DataError(f"{path('tokenizer_config.json')}: add_bos_token is set but bos_token "
+                        f"{named.get('bos_token')!r} is not in the vocabulary")
+    self.eos_id = ids["eos_token"]
     self.bos_id = self.eos_id if ids["bos_token"] is None else ids["bos_token"]
     self.pad_id = self.eos_id if ids["pad_token"] is None else ids["pad_token"]
-    self.vocab_size = max([self._backend.size - 1, *added.values(), *(i for i in ids.values() if i is not None)]) + 1
-    special_added = [int(i) for i, t in (config.get("added_tokens_decoder") or {}).items()
-                     if isinstance(t, dict) and t.get("special")]
-    self._skip = {self.bos_id, self.eos_id, self.pad_id, *special_added}
+    self.vocab_size = 1 + max([self._backend.size - 1, *(i for i, _ in added.values()),
+                               *(i for i in ids.values() if i is not None)])
+    self._skip = {self.bos_id, self.eos_id, self.pad_id, *(i for i, special in added.values() if special)}
     self.chat_template = _chat_template(config, directory)
     parts = []
     for name in self.files:
@@ -102,6 +88,20 @@ class HFTokenizer:
     self.__init__(state["directory"])
 
 
+def _open_backend(directory: str, files: list[str], config: dict, eos_token: str | None):
+  path = lambda name: os.path.join(directory, name)
+  if "tokenizer.json" in files:
+    return _TokenizerJson(path("tokenizer.json"))
+  if "vocab.json" in files and "merges.txt" in files:
+    if config.get("add_prefix_space"):
+      raise DataError(f"{path('tokenizer_config.json')}: add_prefix_space=true is not supported (decode would "
+                      "not give the text back); only GPT-2's add_prefix_space=false")
+    return _GPT2Files(path("vocab.json"), path("merges.txt"), eos_token or ENDOFTEXT)
+  if "tokenizer.model" in files:
+    return _SentencePieceModel(path("tokenizer.model"))
+  raise DataError(f"data.tokenizer_dir={directory}: no tokenizer file there; looked for {LAYOUTS}")
+
+
 class _TokenizerJson:
   file = "tokenizer.json"
 
@@ -115,17 +115,16 @@ class _TokenizerJson:
     self._tok.no_padding()
     self._tok.encode_special_tokens = True  # special-token text is ordinary text
     self.size = max(self._tok.get_vocab(with_added_tokens=True).values()) + 1
-    self.has_post_processor = self._tok.post_processor is not None
     self.defaults = {}
+    # The id the post-processor puts before a text (None: none; False: there is no post-processor).
+    self.post_processor_bos = False
+    if self._tok.post_processor is not None:
+      with_special = self._tok.encode("a", add_special_tokens=True).ids
+      plain = self._tok.encode("a", add_special_tokens=False).ids
+      self.post_processor_bos = with_special[0] if with_special[1:len(plain) + 1] == plain else None
 
   def token_id(self, token: str) -> int | None:
     return self._tok.token_to_id(token)
-
-  def first_added(self) -> int | None:
-    """The id the post-processor puts before a text, if any."""
-    with_special = self._tok.encode("a", add_special_tokens=True).ids
-    plain = self._tok.encode("a", add_special_tokens=False).ids
-    return with_special[0] if len(with_special) > len(plain) and with_special[-len(plain):] == plain else None
 
   def encode(self, text: str) -> list[int]:
     return self._tok.encode(text, add_special_tokens=False).ids
@@ -135,6 +134,7 @@ class _TokenizerJson:
 
 
 class _GPT2Files:
+  post_processor_bos = False
   file = "vocab.json"
 
   def __init__(self, vocab_file: str, merges_file: str, eos_token: str):
@@ -154,6 +154,7 @@ class _GPT2Files:
 
 
 class _SentencePieceModel:
+  post_processor_bos = False
   file = "tokenizer.model"
 
   def __init__(self, path: str):
@@ -199,6 +200,19 @@ def _content(token, key: str, directory: str) -> str | None:
     return token["content"]
   raise DataError(f"{os.path.join(directory, 'tokenizer_config.json')}: {key}={token!r} is neither a string "
                   "nor {\"content\": ...}")
+
+
+def _added_tokens(config: dict, directory: str) -> dict[str, tuple[int, bool]]:
+  """tokenizer_config.json's added_tokens_decoder, {"id": {"content": ..., "special": ...}}, as
+  {content: (id, special)}."""
+  added = {}
+  for i, token in (config.get("added_tokens_decoder") or {}).items():
+    content = _content(token, f"added_tokens_decoder[{i!r}]", directory)
+    if not str(i).isdigit() or content is None:
+      raise DataError(f"{os.path.join(directory, 'tokenizer_config.json')}: added_tokens_decoder[{i!r}]={token!r} "
+                      "is not an id with a token")
+    added[content] = (int(i), isinstance(token, dict) and bool(token.get("special")))
+  return added
 
 
 def _special_tokens(config: dict, special_map: dict, directory: str) -> dict[str, str | None]:
