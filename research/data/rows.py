@@ -34,13 +34,15 @@ def token_rows(packing: str) -> RowFormat:
 
 
 class Tokenize(grain.transforms.Map):
-  """record -> int32 token ids of its text, then EOS."""
+  """record -> int32 token ids of its text (after BOS when the tokenizer's model expects one), then EOS."""
 
   def __init__(self, tokenizer: Tokenizer, feature: str):
     self.tokenizer, self.feature = tokenizer, feature
 
   def map(self, record) -> np.ndarray:
     ids = self.tokenizer.encode(text_of(record, self.feature))
+    if self.tokenizer.add_bos:  # models pretrained with BOS first (Llama, Gemma) see it before each document
+      ids.insert(0, self.tokenizer.bos_id)
     ids.append(self.tokenizer.eos_id)
     return np.asarray(ids, np.int32)
 
