@@ -90,9 +90,16 @@ def estimate_memory(cfg, mesh_shape, num_devices: int) -> dict:
             # two layers' gathered weights in flight (the one computing, the next being fetched)
             "gathered_weights": 2 * blocks_tensor_split / layers * a_bytes if shape["fsdp"] > 1 else 0.0,
             "activations": activations, "logits": logits,
-            "batch": t.batch_size * t.seq_len * 4 * 5 / (shape["data"] * shape["fsdp"])}
+            "batch": _batch_bytes(cfg) / (shape["data"] * shape["fsdp"])}
   report["total"] = sum(report.values())
   return report
+
+
+def _batch_bytes(cfg) -> int:
+  """The global batch's bytes, from the task's batch spec (the arrays the step is given)."""
+  from research.tasks import get_task
+  t = cfg.train
+  return sum(math.prod(f.shape(t.batch_size, t.seq_len)) * f.dtype.itemsize for f in get_task(cfg).batch_spec().values())
 
 
 def _flatten(tree, prefix=()):
