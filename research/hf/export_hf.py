@@ -1,0 +1,65 @@
+"""One of our checkpoints -> a Hugging Face model directory that `transformers` loads without remote
+code: config.json, model.safetensors (or shards past max_shard_size, with
+model.safetensors.index.json) and the tokenizer files.
+
+The architecture: the model's family when it can express the config, else the first that can
+(families.export_family); a config none can express is refused with one line naming the model.* key.
+Stacked (model.scan_layers) checkpoints are unstacked first.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+
+from research.checkpoint.loading import read_config, restore_params
+from research.config.base import model_defaults
+from research.hf.families import export_family
+from research.hf.import_hf import SOURCE_CONFIG, abstract_params
+from research.hf.errors import HFConvertError
+from research.hf.safetensors_io import write_model
+from research.hf.tokenizer_files import checkpoint_root, write_tokenizer
+from research.models import layout
+from research.models.layers import DTYPES
+
+_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def _model_config(checkpoint: str) -> ml_collections.ConfigDict:
+  """The checkpoint's model config, with the keys older checkpoints lack at their defaults."""
+  model = model_defaults()
+  model.update(read_config(checkpoint).model.to_dict())
+  return model
+
+
+def _host_params(checkpoint: str, model_cfg) -> dict:
+  """The checkpoint's parameters as numpy arrays, per layer (a stacked checkpoint is unstacked)."""
+  return layout.to_layout(restore_params(checkpoint, abstract_params(model_cfg)), scan_layers=False)
+
+
+def _source_token_ids(checkpoint: str) -> dict:
+  path = os.path.join(checkpoint_root(checkpoint), SOURCE_CONFIG)
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    source = json.load(f)
+  return {k: source[k] for k in _TOKEN_IDS if k in source}
+
+
+def export_hf(checkpoint: str, out_dir: str, max_shard_size: int | str = "5GB", dtype: str | None = None) -> list[str]:
+  """Writes the HF directory; returns the names of the files written. dtype: of the tensors
+  (default: the checkpoint's model.param_dtype)."""
+  model_cfg = _model_config(checkpoint)
+  family, hf_config = export_family(model_cfg)
+  dtype = dtype or model_cfg.param_dtype
+  if dtype not in DTYPES:
+    raise HFConvertError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}")
+  params = _host_params(checkpoint, model_cfg)
+  tensors = family.params_to_hf(model_cfg, params, np.dtype(DTYPES[dtype]))
+  hf_config.update(_source_token_ids(checkpoint), dtype=dtype)
+  written = write_model(out_dir, tensors, max_shard_size)
+  with open(os.path.join(out_dir, "config.json"), "w") as f:
+    json.dump(hf_config, f, indent=2)
+  return ["config.json"] + written + write_tokenizer(checkpoint, out_dir)
