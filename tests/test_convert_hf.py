@@ -195,6 +195,30 @@ def test_bfloat16_import_matches_transformers(hf, converted, tmp_path, name):
   _compare(ours(tokens, positions, mask, state=nnx.split(model)[1]), _hf_logits(ref, tokens, mask, positions), mask)
 
 
+def test_hub_layouts_import_the_same(hf, converted, tmp_path):
+  """GPT-2 as the hub stores it (GPT2Model names without 'transformer.', causal-mask buffers
+  h.<i>.attn.bias), and a Llama 3.1 config.json in transformers 4's spelling (rope_theta +
+  rope_scaling): the same model."""
+  from safetensors.numpy import load_file, save_file
+  d = shutil.copytree(hf["gpt2"][1], tmp_path / "gpt2-hub")
+  tensors = {k.removeprefix("transformer."): v for k, v in load_file(d / "model.safetensors").items()}
+  tensors.update({f"h.{i}.attn.bias": np.tril(np.ones((1, 1, MAX_LEN, MAX_LEN), np.float32)) for i in range(2)})
+  save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
+  import_hf(str(d), str(tmp_path / "ckpt"))
+  model, _ = research.load_model(str(tmp_path / "ckpt"))
+  tokens, mask, positions = _padded_batch(6)
+  ours = converted["gpt2"][0](tokens, positions, mask, state=nnx.split(model)[1])
+  _compare(ours, _hf_logits(hf["gpt2"][0], tokens, mask, positions), mask)
+
+  config = json.load(open(os.path.join(hf["llama3.1"][1], "config.json")))
+  rope = config.pop("rope_parameters")
+  d = shutil.copytree(hf["llama3.1"][1], tmp_path / "llama-v4")
+  json.dump(dict(config, rope_theta=rope.pop("rope_theta"), rope_scaling=rope), open(d / "config.json", "w"))
+  cfg = import_hf(str(d), str(tmp_path / "llama-ckpt"))
+  assert cfg.model.to_dict() == converted["llama3.1"][1].model.to_dict()
+  assert (cfg.model.rope_scaling, cfg.model.rope_scaling_factor, cfg.model.rope_original_max_len) == ("llama3", 4.0, 16)
+
+
 # ----------------------------------------------------------------------------------------------
 # Export: round trips and models made here.
 
