@@ -447,6 +447,15 @@ def test_export_refuses_what_no_architecture_expresses(tmp_path, preset, overrid
   assert not os.path.exists(tmp_path / "hf")
 
 
+def test_export_never_overwrites_a_model(converted, tmp_path):
+  export_hf(converted["qwen2"][2], str(tmp_path))
+  before = open(tmp_path / "model.safetensors", "rb").read()
+  with pytest.raises(HFConvertError, match=r"already holds config.json|already holds model.safetensors") as e:
+    export_hf(converted["qwen2"][2], str(tmp_path))
+  _one_line(e)
+  assert open(tmp_path / "model.safetensors", "rb").read() == before
+
+
 def test_export_picks_an_architecture_by_the_switches(tmp_path):
   """A RoPE model labelled gpt2 exports as Llama; q/k/v biases alone as Qwen2; a window as Mistral."""
   from research.hf.families import export_family

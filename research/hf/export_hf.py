@@ -19,7 +19,7 @@ from research.config.base import model_defaults
 from research.hf.families import export_family
 from research.hf.import_hf import SOURCE_CONFIG, abstract_params
 from research.hf.errors import HFConvertError
-from research.hf.safetensors_io import write_model
+from research.hf.safetensors_io import model_files, write_model
 from research.hf.tokenizer_files import checkpoint_root, write_tokenizer
 from research.models import layout
 from research.models.layers import DTYPES
@@ -51,6 +51,9 @@ def _source_token_ids(checkpoint: str) -> dict:
 def export_hf(checkpoint: str, out_dir: str, max_shard_size: int | str = "5GB", dtype: str | None = None) -> list[str]:
   """Writes the HF directory; returns the names of the files written. dtype: of the tensors
   (default: the checkpoint's model.param_dtype)."""
+  present = model_files(out_dir) + (["config.json"] if os.path.isfile(os.path.join(out_dir, "config.json")) else [])
+  if present:
+    raise HFConvertError(f"{out_dir}: already holds {present[0]}; give a new directory (nothing is overwritten)")
   model_cfg = _model_config(checkpoint)
   family, hf_config = export_family(model_cfg)
   dtype = dtype or model_cfg.param_dtype

@@ -118,6 +118,12 @@ def _listing(directory: str) -> str:
   return ", ".join(files[:12]) + (", ..." if len(files) > 12 else "") if files else "nothing"
 
 
+def model_files(directory: str) -> list[str]:
+  """The safetensors model files (single, index, shards) already in `directory`."""
+  names = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+  return [n for n in names if n in (SINGLE, INDEX) or re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", n)]
+
+
 def parse_size(size: int | str) -> int:
   """Bytes from an int or a string like '10MB' (10^6), '5GB', '500KiB' (2^10), as transformers reads
   max_shard_size."""
@@ -168,10 +174,10 @@ def write_model(directory: str, tensors: dict[str, np.ndarray], max_shard_size: 
     shards[-1][name] = x
     size += x.nbytes
   metadata = {"format": "pt"}   # transformers loads only files that say so
+  present = model_files(directory)
+  if present:   # never overwrite a model: another one's shards beside these would confuse a reader
+    raise HFConvertError(f"{directory}: already holds {present[0]}; give a new directory")
   os.makedirs(directory, exist_ok=True)
-  for stale in os.listdir(directory):   # a previous export's shards would confuse the index
-    if stale == SINGLE or stale == INDEX or re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", stale):
-      os.remove(os.path.join(directory, stale))
   if len(shards) == 1:
     _write_file(os.path.join(directory, SINGLE), shards[0], metadata)
     return [SINGLE]
