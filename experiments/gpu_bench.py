@@ -1,5 +1,5 @@
-"""The GPU speed checks of issue 5, as configs for `scripts/benchmark.py` (synthetic tokens, so no
-corpus or tokenizer is needed):
+"""The GPU speed checks (targets and results: PERFORMANCE.md, GPU), as configs for
+`scripts/benchmark.py` (synthetic tokens, so no corpus or tokenizer is needed):
 
   python scripts/benchmark.py --config=experiments/gpu_bench.py:gpt2-124m --steps=20
   python scripts/benchmark.py --config=experiments/gpu_bench.py:llama-1b --steps=20

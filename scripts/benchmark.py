@@ -4,11 +4,17 @@
       N train steps on synthetic tokens after a warm-up: tokens_per_sec, step_time_ms (median) and its
       spread, mfu, peak_flops, flops_per_token, memory_bytes_per_device.
       --compare_pytorch: also time Hugging Face GPT-2 + torch.optim.AdamW of the same shapes and
-      optimizer on the same machine, one after the other (GPT-2-style configs; torch is test-only:
-      pip install -r requirements-test.txt), and report pytorch_tokens_per_sec and the ratio.
+      optimizer on the same machine, one after the other (GPT-2-style configs; research/perf/pytorch_peer.py;
+      torch and transformers are optional: pip install -r requirements-test.txt), and report
+      pytorch_tokens_per_sec and the ratio.
   python scripts/benchmark.py --mode=data --config=experiments/<name>.py [--steps=N]
       the data pipeline alone (read, tokenize, pack/chunk, batch): tokens_per_sec, and the ratio to
       what the train step consumes when --compare_train is set.
+  python scripts/benchmark.py --mode=compile --config=experiments/<name>.py --config.model.vocab_size=N
+      [--depths=2,12,24] [--repeats=3]
+      compile seconds of the train step with model.scan_layers off and on at each depth (default: the
+      config's num_layers): the median of --repeats compiles, after one warm-up compile per variant,
+      with the persistent compilation cache off (research/perf/compile_bench.py). Nothing runs.
   python scripts/benchmark.py --mode=quality --char_data=PATH/TO/tinyshakespeare/input.txt [--quality_runs=a,b]
       [--seeds=1337,7] [--workdir_root=runs/quality]
       the training results README.md and PERFORMANCE.md quote (research/perf/quality.py), trained from
@@ -31,7 +37,7 @@ from absl import app, flags, logging  # noqa: E402
 from research.config.cli import absl_flags_parser, load_config  # noqa: E402
 
 flags.DEFINE_string("config", None, "Experiment file, optionally with a variant.")
-flags.DEFINE_enum("mode", "train", ["train", "data", "quality"], "What to measure.")
+flags.DEFINE_enum("mode", "train", ["train", "data", "compile", "quality"], "What to measure.")
 flags.DEFINE_integer("steps", 20, "Measured steps (train) or batches (data).")
 flags.DEFINE_integer("warmup", 3, "Steps or batches before measuring.")
 flags.DEFINE_bool("compare_train", False, "data mode: also measure the train step and report the ratio.")
@@ -39,6 +45,8 @@ flags.DEFINE_bool("compare_pytorch", False, "train mode: also time a PyTorch (HF
                   "same model and optimizer on this machine.")
 flags.DEFINE_bool("pytorch_compile", False, "with --compare_pytorch: torch.compile the PyTorch model.")
 flags.DEFINE_bool("pytorch_bf16", False, "with --compare_pytorch: run PyTorch under bf16 autocast.")
+flags.DEFINE_list("depths", [], "compile mode: model.num_layers values to compile (default: the config's).")
+flags.DEFINE_integer("repeats", 3, "compile mode: compiles per depth and variant (the median is reported).")
 flags.DEFINE_list("quality_runs", None, "quality mode: which runs (default: all of research/perf/quality.py RUNS).")
 flags.DEFINE_list("seeds", [], "quality mode: train each run with these seeds (default: the experiment's own).")
 flags.DEFINE_string("char_data", "", "quality mode: nanoGPT's tinyshakespeare input.txt (for nanogpt_char).")
@@ -63,17 +71,40 @@ def main(_):
     print(json.dumps(result))
     sys.exit(0 if result["all_within_tolerance"] else 1)
   if not FLAGS.config:
-    print("error: --config is required for --mode=train and --mode=data", file=sys.stderr)
+    print(f"error: --config is required for --mode={FLAGS.mode}", file=sys.stderr)
     sys.exit(1)
+  if FLAGS.mode == "compile":
+    import jax
+    jax.config.update("jax_enable_compilation_cache", False)  # before the first compile: every one is real
+    from research.perf.compile_bench import benchmark_compile
+    try:
+      result = benchmark_compile(load_config(FLAGS.config, _OVERRIDES), [int(d) for d in FLAGS.depths],
+                                 FLAGS.repeats)
+    except ValueError as e:  # no vocabulary, a config error (ConfigError is a ValueError)
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
+    result.update(config=FLAGS.config, overrides=_OVERRIDES, time=time.strftime("%Y-%m-%d %H:%M:%S"))
+    print(json.dumps(result))
+    return
   from research.perf.benchmark import benchmark_data, benchmark_train
   cfg = load_config(FLAGS.config, _OVERRIDES)
   if FLAGS.mode == "train":
+    if FLAGS.compare_pytorch:  # checked before the JAX side runs, not after
+      from research.perf import pytorch_peer
+      if missing := pytorch_peer.missing_dependencies():
+        print(f"error: {missing}", file=sys.stderr)
+        sys.exit(1)
+      try:
+        pytorch_peer.check_supported(cfg.model)
+      except ValueError as e:  # a model GPT-2 cannot express
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     result = benchmark_train(cfg, FLAGS.steps, FLAGS.warmup)
     if FLAGS.compare_pytorch:
-      from tests.pytorch_peer import benchmark_pytorch_gpt2  # test-only: torch lives in requirements-test.txt
       t = cfg.train
-      peer = benchmark_pytorch_gpt2(cfg.model, t.batch_size, t.seq_len, cfg.optimizer, FLAGS.steps, FLAGS.warmup,
-                                    compile=FLAGS.pytorch_compile, bf16_autocast=FLAGS.pytorch_bf16)
+      peer = pytorch_peer.benchmark_pytorch_gpt2(cfg.model, t.batch_size, t.seq_len, cfg.optimizer, FLAGS.steps,
+                                                 FLAGS.warmup, compile=FLAGS.pytorch_compile,
+                                                 bf16_autocast=FLAGS.pytorch_bf16)
       result["pytorch"] = peer
       result["pytorch_tokens_per_sec"] = peer["tokens_per_sec"]
       result["ratio_to_pytorch"] = result["tokens_per_sec"] / peer["tokens_per_sec"]

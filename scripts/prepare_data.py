@@ -23,10 +23,10 @@ parse_flags, _OVERRIDES = absl_flags_parser(FLAGS)
 
 def main(_):
   logging.set_verbosity(logging.ERROR)  # TFDS and JAX chatter; our own messages are printed
-  from research.data import build_pipeline
+  from research.train.setup import prepare_task
   try:
     cfg = load_config(FLAGS.config, _OVERRIDES)
-    data = build_pipeline(cfg.data)
+    _, data = prepare_task(cfg)
     batches = data.eval_batches(cfg.train.batch_size, cfg.train.seq_len, 0)
     tokens = sum(float(b["weights"].sum()) for b in batches)
     print(f"validation: {len(batches)} batches of {cfg.train.batch_size}x{cfg.train.seq_len}, "

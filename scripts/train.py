@@ -1,4 +1,4 @@
-"""Pretrain a language model.
+"""Train a model: pretraining, or finetuning from a checkpoint (finetune.init_from).
 
   python scripts/train.py --config=experiments/<name>.py[:variant] --workdir=DIR [--config.<key>=<value> ...]
   python scripts/train.py --config=... --dry_run      compile the step, print its memory per device, exit
@@ -127,6 +127,7 @@ def autofit(cfg, target: str, slices: int) -> int:
 
 def plan(target: str, slices: int) -> int:
   """--dry_run --target: the report for a TPU topology; returns the exit code."""
+  from research.checkpoint import CheckpointError
   from research.plan import PlanError
   from research.plan.targets import quiet_libtpu
   if not FLAGS.dry_run and not FLAGS.autofit:
@@ -136,14 +137,12 @@ def plan(target: str, slices: int) -> int:
   from research.plan.dry_run import exit_code, format_report, plan_for_target
   try:
     cfg = load_config(FLAGS.config, _OVERRIDES)
-    if cfg.model.vocab_size == 0:  # the tokenizer decides it: build (or open) the data once, on CPU
-      from research.data import build_pipeline
-      from research.train.trainer import resolve_vocab
-      resolve_vocab(cfg, build_pipeline(cfg.data, log=lambda *a: None).tokenizer)
     if FLAGS.autofit:
+      from research.train.setup import prepare_task
+      prepare_task(cfg, log=lambda *a: None, need_data=False)  # the vocabulary once, not per candidate
       return autofit(cfg, target, slices)
     report = plan_for_target(cfg, target, slices, gpus=FLAGS.target_devices)
-  except (ConfigError, DataError) as e:
+  except (ConfigError, DataError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   except PlanError as e:

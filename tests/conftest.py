@@ -33,3 +33,17 @@ def corpus_dir(tmp_path_factory):
 @pytest.fixture
 def tiny_cfg(corpus_dir, tmp_path):
   return tiny_config(corpus_dir, str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def pretrained(corpus_dir, tmp_path_factory):
+  """One tiny pretrained run per test session (SentencePiece tokenizer, 24 steps), shared by the
+  finetuning, evaluation and export tests: (its config, its workdir)."""
+  from research.train.trainer import train
+  workdir = tmp_path_factory.mktemp("pretrained")
+  cfg = tiny_config(corpus_dir, str(workdir / "cache"))
+  cfg.data.tokenizer, cfg.data.vocab_size = "sentencepiece", 320
+  cfg.train.num_steps, cfg.train.eval_every, cfg.train.sample_at_end = 24, 0, 0
+  cfg.checkpoint.every_steps, cfg.checkpoint.async_save = 24, False
+  train(cfg, str(workdir / "run"), log=lambda *a: None)
+  return cfg, str(workdir / "run")

@@ -1,5 +1,7 @@
-"""`scripts/benchmark.py`'s train mode as a function: the JSON keys issue 5 names, on random tokens,
-with no corpus at all when the vocabulary is explicit (how the GPU checks run). Not a speed test."""
+"""`scripts/benchmark.py`'s modes: train (as a function: the JSON keys PERFORMANCE.md quotes, on
+random tokens, with no corpus at all when the vocabulary is explicit, as the GPU checks run), compile,
+quality. Not speed tests: nothing here asserts a time."""
+import json
 import os
 import subprocess
 import sys
@@ -21,7 +23,7 @@ def _cfg():
   return c
 
 
-def test_train_benchmark_needs_no_corpus_and_reports_issue_keys(monkeypatch):
+def test_train_benchmark_needs_no_corpus_and_reports_its_keys(monkeypatch):
   monkeypatch.setattr(mfu, "peak_flops", lambda devices, dtype: (1e12, "test"))  # no 8-device matmul timing
   cfg = _cfg()
   assert not cfg.data.path
@@ -50,6 +52,30 @@ def test_train_benchmark_with_tokenizer_vocab_needs_data():
   cfg.model.vocab_size = 0   # the tokenizer decides: then a corpus is required
   with pytest.raises(ConfigError, match="data.path is empty"):
     benchmark_train(cfg, steps=1, warmup=0)
+
+
+def test_compile_benchmark_reports_both_variants_per_depth(tmp_path):
+  experiment = tmp_path / "tiny_compile.py"
+  experiment.write_text("from research.config import base_config\nfrom research.models import apply_preset\n"
+                        "def get_config():\n  c = base_config()\n  apply_preset(c.model, 'gpt2-tiny')\n"
+                        "  c.train.batch_size, c.train.seq_len = 8, 32\n  c.mesh.shape = (-1, 1, 1)\n  return c\n")
+  out = subprocess.run([sys.executable, "scripts/benchmark.py", "--mode=compile", f"--config={experiment}",
+                        "--depths=1", "--repeats=1"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+  assert out.returncode == 0, out.stderr[-2000:]
+  r = json.loads(out.stdout.strip().splitlines()[-1])
+  assert r["mode"] == "compile" and r["num_layers"] == [1] and r["warmup_layers"] == 2 and r["repeats"] == 1
+  assert len(r["unrolled_seconds"]) == len(r["scan_seconds"]) == len(r["unrolled_over_scan"]) == 1
+  assert r["unrolled_seconds"][0] > 0 and r["scan_seconds"][0] > 0
+  assert r["persistent_cache"] is False and r["devices"] == 8  # the tests' cache is on: the script turns it off
+
+
+def test_compile_benchmark_needs_an_explicit_vocabulary():
+  from research.perf.compile_bench import benchmark_compile
+  cfg = _cfg()
+  cfg.model.vocab_size = 0
+  with pytest.raises(ValueError, match="--config.model.vocab_size=N"):
+    benchmark_compile(cfg)
 
 
 def test_quality_runs_compare_with_the_recorded_loss(corpus_dir, tmp_path, monkeypatch):

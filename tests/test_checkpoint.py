@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from research.checkpoint import CheckpointError, Checkpointer
-from research.data import build_pipeline
 from research.sharding import make_mesh
 from research.train.program import build_program
-from research.train.trainer import resolve_vocab, train
+from research.train.setup import prepare_task
+from research.train.trainer import train
 from tests.conftest import ROOT
 from tests.helpers import tiny_experiment
 
@@ -98,7 +98,7 @@ def test_sigterm_saves_the_current_step_and_exits_zero(experiment, reference, tm
 
 def _program(cfg, shape):
   cfg.mesh.shape = shape
-  resolve_vocab(cfg, build_pipeline(cfg.data, log=lambda *a: None).tokenizer)
+  prepare_task(cfg, log=lambda *a: None)
   return build_program(cfg, make_mesh(shape, jax.devices()[:int(np.prod(shape))]))
 
 
@@ -151,7 +151,7 @@ def test_restore_onto_another_mesh(trained, shape):
 def test_load_model_and_params_only_restore(trained):
   import research
   from research.checkpoint.loading import restore_params
-  from research.train.state import abstract_model
+  from research.models import abstract_model
   cfg, ckpt_dir = trained
   workdir = os.path.dirname(ckpt_dir)
   program = _program(cfg, (8, 1, 1))

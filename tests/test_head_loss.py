@@ -9,8 +9,8 @@ from flax import nnx
 
 from research.models import DecoderLM, preset_config
 from research.models.layers import matmul
-from research.train.head_loss import head_cross_entropy
-from research.train.step import loss_sums
+from research.tasks.head_loss import head_cross_entropy
+from research.tasks.lm import loss_sums
 from tests.test_parallel import run_steps
 
 B, L, D, V = 3, 8, 16, 40
@@ -67,7 +67,7 @@ def test_model_loss_and_grads_match_unfused(name):
   tokens = rng.integers(0, cfg.vocab_size, (2, 17)).astype(np.int32)
   batch = {"inputs": jnp.asarray(tokens[:, :-1]), "targets": jnp.asarray(tokens[:, 1:]),
            "weights": jnp.asarray(rng.random((2, 16)) > 0.2, jnp.float32)}
-  results = [jax.jit(jax.value_and_grad(lambda p: loss_sums(graphdef, p, batch, None, c)[0]))(params)
+  results = [jax.jit(jax.value_and_grad(lambda p: loss_sums(nnx.merge(graphdef, p), batch, None, c)[0]))(params)
              for c in (0, 1, 4)]
   for loss, grads in results[1:]:
     np.testing.assert_allclose(loss, results[0][0], rtol=1e-6)

@@ -3,16 +3,14 @@ import jax
 import numpy as np
 import pytest
 
-from research.data import build_pipeline
 from research.sharding import logical_to_spec, make_mesh
 from research.sharding.rules import DEFAULT_RULES
 from research.train.program import build_program
-from research.train.trainer import resolve_vocab
+from research.train.setup import prepare_task
 
 
 def run_steps(cfg, devices, num_steps=3):
-  data = build_pipeline(cfg.data, log=lambda *a: None)
-  resolve_vocab(cfg, data.tokenizer)
+  _, data = prepare_task(cfg, log=lambda *a: None)
   program = build_program(cfg, make_mesh(cfg.mesh.shape, devices))
   state = program.init_state()
   step = program.compile_train_step()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from research.data.rows import token_rows
 from research.data import build_pipeline
 from research.models import DecoderLM, preset_config
 from tests.conftest import write_corpus
@@ -13,7 +14,7 @@ from tests.conftest import write_corpus
 
 def _pipeline(cfg, **data):
   cfg.data.update(data)
-  return build_pipeline(cfg.data, log=lambda *a: None)
+  return build_pipeline(cfg.data, token_rows(cfg.data.packing), log=lambda *a: None)
 
 
 def _take(it, n):

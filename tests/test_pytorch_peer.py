@@ -6,9 +6,10 @@ import pytest
 
 from research.config import base_config
 from research.models import count_params, preset_config
-from tests.pytorch_peer import benchmark_pytorch_gpt2
+from research.perf.pytorch_peer import benchmark_pytorch_gpt2
 
 pytest.importorskip("torch")
+pytest.importorskip("transformers")
 
 
 @pytest.mark.parametrize("tie", [True, False])

@@ -12,6 +12,7 @@ def test_byte_tokenizer_roundtrip():
   text = "Wherefore art thou — Romeo?\n"
   assert tok.decode(tok.encode(text)) == text
   assert tok.vocab_size == 259 and {tok.bos_id, tok.eos_id, tok.pad_id} == {256, 257, 258}
+  assert (tok.kind, tok.add_bos, tok.chat_template) == ("byte", False, None)
 
 
 def test_sentencepiece_trains_once_and_retrains_on_new_settings(corpus_dir, tmp_path):
@@ -63,4 +64,8 @@ def test_external_sentencepiece_model_errors(tmp_path):
   with pytest.raises(DataError, match=r"data.spm_model_file=.*m.model: the model has no EOS piece \(eos_id -1\)"):
     make_tokenizer(cfg, [], str(tmp_path))
   cfg.spm_model_file = _spm_model(tmp_path)
-  assert make_tokenizer(cfg, [], str(tmp_path)).eos_id == 2
+  tok = make_tokenizer(cfg, [], str(tmp_path))
+  assert (tok.eos_id, tok.bos_id, tok.add_bos, tok.chat_template) == (2, 1, False, None)
+  cfg.spm_model_file = _spm_model(tmp_path, bos_id=-1, pad_id=-1)  # SentencePiece's default pad_id is -1
+  tok = make_tokenizer(cfg, [], str(tmp_path))
+  assert tok.bos_id == tok.pad_id == tok.eos_id == 2  # no BOS/PAD piece: EOS serves, never id -1

@@ -15,8 +15,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from research.paths import absolute, is_remote
 from research.checkpoint.manager import CheckpointError, _handlers
+from research.models import abstract_model
+from research.paths import absolute, is_remote
 from research.treepaths import path_str
 
 
@@ -63,16 +64,47 @@ def _manager(directory: str) -> ocp.CheckpointManager:
 def read_config(path: str) -> ml_collections.ConfigDict:
   directory, step = resolve_step_dir(path)
   meta = _manager(directory).restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  return ml_collections.ConfigDict(meta["config"])
+  return with_defaults(meta["config"])
+
+
+def with_defaults(saved: dict) -> ml_collections.ConfigDict:
+  """A saved config with the keys added since it was written set to their defaults (an older
+  checkpoint has no model.arch, task or finetune: it was a decoder trained for next-token prediction)."""
+  from research.config import base_config
+
+  def fill(into: dict, defaults: dict) -> dict:
+    for k, v in defaults.items():
+      if k not in into:
+        into[k] = v
+      elif isinstance(v, dict) and isinstance(into[k], dict):
+        fill(into[k], v)
+    return into
+
+  return ml_collections.ConfigDict(fill(dict(saved), base_config().to_dict()))
+
+
+def read_tokenizer(path: str, cache_dir: str):
+  """The tokenizer saved with a checkpoint (workdir, checkpoints dir or step dir), or None for a
+  checkpoint written before tokenizers were saved."""
+  directory, step = resolve_step_dir(path)
+  if not (epath.Path(directory) / str(step) / "tokenizer").exists():
+    return None
+  item = _manager(directory).restore(step, args=ocp.args.Composite(tokenizer=ocp.args.JsonRestore()))["tokenizer"]
+  from research.checkpoint.tokenizer_item import tokenizer_from_item
+  return tokenizer_from_item(item, cache_dir)
 
 
 def restore_params(path: str, abstract_params, rename: Callable[[str], str | None] | None = None,
-                   init_params=None):
+                   init_params=None, convert: Callable | None = None, report: dict | None = None):
   """Parameters only, as a pytree shaped like `abstract_params` (host arrays).
 
+  convert: applied to the whole restored tree first (e.g. `layout.to_layout` between scanned and
+  per-layer blocks).
   rename: maps a checkpoint path ('blocks/0/attn/q/kernel') to the model's path, or None to drop it.
   init_params: values for model parameters the checkpoint lacks (e.g. a new classification head);
   without it a missing parameter is an error. Shapes must match exactly.
+  report: if a dict, receives 'unused' (checkpoint paths the model did not take) and 'initialised'
+  (model paths taken from init_params).
   """
   directory, step = resolve_step_dir(path)
   manager = _manager(directory)
@@ -96,7 +128,8 @@ def restore_params(path: str, abstract_params, rename: Callable[[str], str | Non
     if bad:
       raise CheckpointError(f"{directory}/{step}: {len(bad)} array(s) differ from their saved checksums "
                             f"(first {bad[0]}); the step is damaged, load an earlier one")
-  flat, _ = jax.tree_util.tree_flatten_with_path(restored["state"]["params"])
+  tree = restored["state"]["params"]
+  flat, _ = jax.tree_util.tree_flatten_with_path(convert(tree) if convert else tree)
   by_path = {}
   for p, value in flat:
     name = path_str(p)
@@ -104,7 +137,7 @@ def restore_params(path: str, abstract_params, rename: Callable[[str], str | Non
     if name is not None:
       by_path[name] = value
   init = {path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(init_params)[0]} if init_params else {}
-  missing, wrong = [], []
+  missing, wrong, initialised = [], [], []
 
   def pick(p, want):
     name = path_str(p)
@@ -112,6 +145,7 @@ def restore_params(path: str, abstract_params, rename: Callable[[str], str | Non
       value = by_path[name]
     elif name in init:
       value = init[name]
+      initialised.append(name)
     else:
       missing.append(name)
       return None
@@ -120,6 +154,9 @@ def restore_params(path: str, abstract_params, rename: Callable[[str], str | Non
     return np.asarray(value).astype(want.dtype)
 
   params = jax.tree_util.tree_map_with_path(pick, abstract_params)
+  if report is not None:
+    wanted = {path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+    report.update(unused=sorted(set(by_path) - wanted), initialised=initialised)
   if missing or wrong:
     raise CheckpointError(f"{directory}/{step} does not fit the model: "
                           + "; ".join([f"{m}: not in the checkpoint (pass init_params)" for m in missing] + wrong))
@@ -128,7 +165,6 @@ def restore_params(path: str, abstract_params, rename: Callable[[str], str | Non
 
 def load_model(path: str):
   """(model, config) from a workdir or a checkpoint step directory; `model(tokens_BxL)` -> logits_BxLxV."""
-  from research.train.state import abstract_model
   cfg = read_config(path)
   graphdef, abstract_params, _ = abstract_model(cfg.model)
   params = restore_params(path, abstract_params)
@@ -154,7 +190,6 @@ def export_safetensors(path: str, out: str, dtype: str = "float32") -> tuple[str
   """Writes the parameters as safetensors ('blocks.0.attn.q.kernel', ...) to `out` (.safetensors added
   when it has no suffix) and the config as JSON beside it (same name, .json). Returns both paths."""
   from safetensors.flax import save_file
-  from research.train.state import abstract_model
   out, config_path = export_paths(out)
   cfg = read_config(path)
   _, abstract_params, _ = abstract_model(cfg.model)

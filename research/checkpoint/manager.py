@@ -3,6 +3,7 @@
   state  the TrainState pytree (params, optimizer state, step, rng, skipped steps)  StandardSave
   data   the training iterator's state (a small JSON dict)                          JsonSave
   meta   resolved config, mesh, code version, time                                 JsonSave
+  tokenizer  the run's tokenizer files (tokenizer_item.py), so finetuning reads text as trained  JsonSave
 
 Saves are asynchronous by default: `save` returns once arrays are copied off the devices, and the
 write finishes in the background. Orbax writes each step into a temporary directory and renames it
@@ -73,7 +74,7 @@ def check_compatible(saved_metadata, target) -> None:
 def _handlers() -> dict:
   # Registered up front so that a fresh process can read item metadata before restoring.
   return {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
-          "meta": ocp.JsonCheckpointHandler()}
+          "meta": ocp.JsonCheckpointHandler(), "tokenizer": ocp.JsonCheckpointHandler()}
 
 
 def _as_tree(state):
@@ -89,8 +90,10 @@ def _from_tree(like, tree):
 
 class Checkpointer:
 
-  def __init__(self, directory: str, ckpt_cfg, log=print):
+  def __init__(self, directory: str, ckpt_cfg, log=print, tokenizer: dict | None = None):
+    """tokenizer: the run's `tokenizer_item`, saved with every step (None: not saved)."""
     self.directory = absolute(directory)
+    self.tokenizer = tokenizer
     self.log = log
     self.verify = ckpt_cfg.get("verify", True)
     self.unreadable: list[int] = []   # steps restore skipped, newest first
@@ -135,8 +138,11 @@ class Checkpointer:
     meta = dict(meta, step=step, time=datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 code_version=meta.get("code_version") or code_version(),
                 checksums=checksums.tree_checksums(tree))
-    args = ocp.args.Composite(state=ocp.args.StandardSave(tree), data=ocp.args.JsonSave(data_state),
-                              meta=ocp.args.JsonSave(meta))
+    items = dict(state=ocp.args.StandardSave(tree), data=ocp.args.JsonSave(data_state),
+                 meta=ocp.args.JsonSave(meta))
+    if self.tokenizer is not None:
+      items["tokenizer"] = ocp.args.JsonSave(self.tokenizer)
+    args = ocp.args.Composite(**items)
     self.last_save_time = time.time()
     self.wait()  # the previous write's error (if any) is reported as that step's; Orbax would wait anyway
     with self._save_errors(step):

@@ -12,8 +12,10 @@ from research.sharding.rules import DEFAULT_RULES
 def model_defaults() -> ml_collections.ConfigDict:
   """Architecture keys; `research.models.presets` fills them for published models."""
   m = ml_collections.ConfigDict()
-  m.family = "gpt2"            # gpt2 | llama | mistral | qwen2 | gemma: a label (the switches below define the
-                               # network); research/hf exports to this Hugging Face architecture when it fits
+  m.arch = "decoder"           # the architecture (research/models/registry.py): decoder
+  m.family = "gpt2"            # gpt2 | llama | mistral | qwen2 | gemma: the Hugging Face family the weights
+                               # convert to and from (the switches below define the network; export
+                               # checks they fit the family, else picks one they fit: research/hf)
   m.vocab_size = 0             # 0: take the tokenizer's vocabulary size (rounded up, see below)
   m.vocab_multiple = 64        # when vocab_size is 0, round the tokenizer's size up to this
   m.max_seq_len = 1024         # context length (size of the learned position table)
@@ -59,6 +61,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.model = model_defaults()
 
+  c.task = ml_collections.ConfigDict()
+  c.task.name = "lm"             # the objective (research/tasks): lm (next-token prediction)
+
+  c.finetune = ml_collections.ConfigDict()
+  # Start from another run's parameters: a workdir (its newest step), a step directory, or a converted
+  # Hugging Face directory (scripts/convert_hf.py). Parameters only: the run starts at step 0 with a
+  # fresh optimizer and its own checkpoints; the architecture (model.*, except the runtime keys
+  # remat, scan_layers, attention_impl, dtype, param_dtype, dropout) and the tokenizer are the
+  # checkpoint's. "": train from scratch.
+  c.finetune.init_from = ""
+  c.finetune.init_new = ()       # regexes of parameter paths the checkpoint may lack (initialised fresh,
+                                 # e.g. a new head); any other missing parameter is an error
+  c.finetune.freeze = ()         # regexes of parameter paths (e.g. "^embed/", "^blocks/[0-5]/") that get no
+                                 # gradient and no optimizer state
+
   c.data = ml_collections.ConfigDict()
   # Sources: data.mixture if set, else data.tfds_name if set, else the local corpus at data.path.
   c.data.path = ""               # local corpus: a file, a directory (its .txt/.jsonl) or a glob
@@ -84,7 +101,10 @@ def base_config() -> ml_collections.ConfigDict:
                                  # on the process count, so runs and checkpoints move between them.
   c.data.num_workers = 0         # Grain worker processes (0: read in the training process)
   c.data.read_threads = 2        # threads reading and tokenizing documents in each process
-  c.data.tokenizer = "byte"      # byte | sentencepiece | bpe (GPT-2 files) | tiktoken (a .tiktoken file)
+  c.data.tokenizer = "byte"      # byte | sentencepiece | bpe (GPT-2 files) | tiktoken (a .tiktoken file) |
+                                 # hf (a Hugging Face tokenizer directory)
+  c.data.tokenizer_dir = ""      # hf: tokenizer.json, else vocab.json + merges.txt, else tokenizer.model, with
+                                 # tokenizer_config.json (bos/eos/pad, add_bos_token, chat template); local or gs://
   c.data.bpe_vocab_file = ""     # bpe: vocab.json
   c.data.bpe_merges_file = ""    # bpe: merges.txt
   c.data.tiktoken_file = ""      # tiktoken: a .tiktoken ranks file

@@ -19,6 +19,7 @@ class ConfigError(ValueError):
 
 
 CHOICES = {
+    "model.arch": ("decoder",),
     "model.family": ("gpt2", "llama", "mistral", "qwen2", "gemma"),
     "model.mlp_activation": ("gelu_tanh", "gelu", "relu", "swiglu", "geglu"),
     "model.rope_scaling": ("none", "llama3"),
@@ -27,7 +28,7 @@ CHOICES = {
     "model.attention_impl": ("xla", "cudnn"),
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
-    "data.tokenizer": ("byte", "sentencepiece", "bpe", "tiktoken"),
+    "data.tokenizer": ("byte", "sentencepiece", "bpe", "tiktoken", "hf"),
     "data.tiktoken_pattern": ("gpt2", "cl100k"),
     "data.format": ("auto", "text", "jsonl"),
     "data.doc_split": ("file", "blank_lines"),
@@ -57,7 +58,8 @@ NON_NEGATIVE = ("model.vocab_size", "model.num_kv_heads", "model.head_dim", "mod
 
 # Tuple keys whose elements are strings: an empty default says nothing about the element type, and
 # '--config.data.val_files=1,2' must give file names, not ints (cli.py parses them as strings).
-STRING_TUPLES = ("data.val_files", "optimizer.no_decay")
+STRING_TUPLES = ("data.val_files", "optimizer.no_decay", "finetune.init_new", "finetune.freeze")
+REGEX_TUPLES = ("optimizer.no_decay", "finetune.init_new", "finetune.freeze")
 
 
 def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
@@ -115,11 +117,12 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int, need_data:
   for key in STRING_TUPLES:
     if not all(isinstance(v, str) for v in values[key]):
       raise ConfigError(f"{key}={tuple(values[key])!r} must be a tuple of strings")
-  for pattern in values["optimizer.no_decay"]:
-    try:
-      re.compile(pattern)
-    except re.error as e:
-      raise ConfigError(f"optimizer.no_decay: {pattern!r} is not a regular expression ({e})") from None
+  for key in REGEX_TUPLES:
+    for pattern in values[key]:
+      try:
+        re.compile(pattern)
+      except re.error as e:
+        raise ConfigError(f"{key}: {pattern!r} is not a regular expression ({e})") from None
   for key, allowed in CHOICES.items():
     if values[key] not in allowed:
       raise ConfigError(f"{key}={values[key]!r} is not one of {', '.join(allowed)}")
@@ -213,6 +216,9 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int, need_data:
     raise ConfigError(f"optimizer.b1={o.b1}, optimizer.b2={o.b2} must be in [0, 1)")
   if not 0.0 < cfg.data.val_fraction < 1.0:
     raise ConfigError(f"data.val_fraction={cfg.data.val_fraction} must be in (0, 1)")
+  if cfg.data.tokenizer == "hf" and not cfg.data.tokenizer_dir:
+    raise ConfigError("data.tokenizer=hf needs data.tokenizer_dir: a Hugging Face tokenizer directory "
+                      "(tokenizer.json, vocab.json + merges.txt, or tokenizer.model)")
   if need_data and not (cfg.data.path or cfg.data.tfds_name or cfg.data.mixture):
     raise ConfigError("data.path is empty (and no data.tfds_name or data.mixture); give a text file, "
                       "a directory or a glob")

@@ -4,7 +4,8 @@
 - TiktokenTokenizer: a `.tiktoken` file (lines "<base64 token> <rank>"), run by `tiktoken`.
 
 Both follow the `Tokenizer` protocol of research.data.tokenizers. `<|endoftext|>` is the only
-special token and serves as BOS, EOS and PAD, as in GPT-2. encode() treats the text
+special token and serves as BOS, EOS and PAD, as in GPT-2 (hf_tokenizer.py names another one for
+GPT-2 style files whose tokenizer_config.json says so). encode() treats the text
 "<|endoftext|>" in a document as ordinary text, so a corpus can never forge a document boundary;
 decode() drops special and out-of-range ids, as ByteTokenizer does.
 """
@@ -44,14 +45,17 @@ def _digest(*parts: bytes) -> str:
 
 
 class GPT2BPETokenizer:
+  kind = "bpe"
+  add_bos, chat_template = False, None
 
-  def __init__(self, vocab_file: str, merges_file: str):
+  def __init__(self, vocab_file: str, merges_file: str, eos_token: str = ENDOFTEXT):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     vocab_bytes = _read_bytes(vocab_file, "data.bpe_vocab_file")
     merges_bytes = _read_bytes(merges_file, "data.bpe_merges_file")
     vocab = _parse_vocab(vocab_bytes, vocab_file)
-    if ENDOFTEXT not in vocab:
-      raise DataError(f"{vocab_file}: no {ENDOFTEXT} token, which GPT-2 vocabularies use as BOS/EOS")
+    if eos_token not in vocab:
+      raise DataError(f"{vocab_file}: no {eos_token} token, which GPT-2 vocabularies use as BOS/EOS")
+    self.vocab_file, self.merges_file = vocab_file, merges_file
     # Without all 256 byte symbols, BPE (which has no unknown token here) silently drops text.
     missing = set(pre_tokenizers.ByteLevel.alphabet()) - set(vocab)
     if missing:
@@ -67,7 +71,7 @@ class GPT2BPETokenizer:
     self._tok.decoder = decoders.ByteLevel()
     # <|endoftext|> stays a plain vocab entry, not an added token: added tokens would be matched
     # in the input text. The byte-level split never lets BPE see it whole, so only we emit it.
-    self.bos_id = self.eos_id = self.pad_id = vocab[ENDOFTEXT]
+    self.bos_id = self.eos_id = self.pad_id = vocab[eos_token]
     self.vocab_size = max(vocab.values()) + 1
     self.fingerprint = "bpe-" + _digest(vocab_bytes, merges_bytes)
 
@@ -95,6 +99,8 @@ def _parse_vocab(raw: bytes, vocab_file: str) -> dict[str, int]:
 
 
 class TiktokenTokenizer:
+  kind = "tiktoken"
+  add_bos, chat_template = False, None
 
   def __init__(self, path: str, pattern: str = "cl100k"):
     import tiktoken
@@ -102,6 +108,7 @@ class TiktokenTokenizer:
       raise DataError(f"data.tiktoken_pattern={pattern!r}: choose one of {', '.join(PATTERNS)}")
     raw = _read_bytes(path, "data.tiktoken_file")
     ranks = _parse_tiktoken(raw, path)
+    self.path, self.pattern, self.ranks = path, pattern, ranks
     # Ranks 0..n-1 come first, then the special token, as in r50k_base (<|endoftext|> = 50256).
     self.bos_id = self.eos_id = self.pad_id = len(ranks)
     self.vocab_size = len(ranks) + 1

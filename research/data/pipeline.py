@@ -1,9 +1,10 @@
 """Grain pipelines from sources to token batches, per process, deterministic and resumable.
 
 Train: for each source, shuffle documents (seeded, reshuffled every epoch) -> this stream's share ->
-tokenize + EOS -> mix sources by weight -> either pack whole documents into rows (segment ids and
-per-document positions, so attention never crosses documents) or concatenate-and-chunk -> shuffle
-rows in windows of `data.shuffle_rows` -> batch -> optional worker processes.
+encode (the task's `RowFormat`, rows.py; for next-token prediction: tokenize + EOS) -> mix sources
+by weight -> rows (the task's; next-token: pack whole documents with segment ids and per-document
+positions, so attention never crosses documents, or concatenate-and-chunk) -> shuffle rows in
+windows of `data.shuffle_rows` -> batch -> optional worker processes.
 The row shuffle is what makes a long document train like nanoGPT's random windows: shuffling
 documents alone cuts a one-file corpus into consecutive rows, so every batch held adjacent text and
 training walked through the file in order (nanoGPT's char Shakespeare: val 1.99 instead of 1.88). A global batch is `data.streams` such streams side by side, spread over
@@ -11,8 +12,9 @@ the processes, so it does not depend on the process count. The iterator's state 
 small JSON-able dict per stream) restores it to the exact next batch.
 Eval: the validation split(s) in order, packed/chunked the same way, the same batches every time.
 
-Batches are dicts of [rows, seq_len] arrays: inputs, targets (int32), weights (float32, 0 on
-padding) and, when packing, positions and segment_ids (int32).
+Batches are dicts of arrays with a leading [rows] axis, keyed as the task's batch spec says
+(research/tasks; next-token prediction: inputs, targets, weights, and positions/segment_ids when
+packing).
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ import grain
 import numpy as np
 
 from research.data.row_shuffle import RowShuffleIterDataset
-from research.data.sources import Source, open_sources, text_of
+from research.data.rows import RowFormat, Tokenize
+from research.data.sources import Source, open_sources
 from research.data.tokenizers import Tokenizer, make_tokenizer
 
 
@@ -32,71 +35,12 @@ def default_cache_dir() -> str:
   return os.environ.get("RESEARCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "research")
 
 
-class Tokenize(grain.transforms.Map):
-  """record -> int32 token ids of its text, then EOS."""
-
-  def __init__(self, tokenizer: Tokenizer, feature: str):
-    self.tokenizer, self.feature = tokenizer, feature
-
-  def map(self, record) -> np.ndarray:
-    ids = self.tokenizer.encode(text_of(record, self.feature))
-    ids.append(self.tokenizer.eos_id)
-    return np.asarray(ids, np.int32)
-
-
-class SplitForPacking(grain.experimental.FlatMapTransform):
-  """A document longer than a row becomes several pieces of seq_len (+1 for the shifted target),
-  overlapping by one token so that no target is lost."""
-
-  max_fan_out = 1 << 20
-
-  def __init__(self, seq_len: int):
-    self.seq_len = seq_len
-
-  def flat_map(self, tokens: np.ndarray):
-    n, pieces = self.seq_len, []
-    for start in range(0, len(tokens) - 1, n):
-      m = min(n, len(tokens) - 1 - start)  # inputs and targets of equal length
-      pieces.append({"inputs": tokens[start:start + m], "targets": tokens[start + 1:start + 1 + m]})
-    return pieces
-
-
-def _packed_to_batch(row: dict) -> dict:
-  segments = row["inputs_segment_ids"].astype(np.int32)
-  return {"inputs": row["inputs"].astype(np.int32), "targets": row["targets"].astype(np.int32),
-          "weights": (segments > 0).astype(np.float32), "positions": row["inputs_positions"].astype(np.int32),
-          "segment_ids": segments}
-
-
-def _chunk_to_batch(row: dict) -> dict:
-  tokens = row["tokens"].astype(np.int32)
-  return {"inputs": tokens[:-1], "targets": tokens[1:], "weights": np.ones(len(tokens) - 1, np.float32)}
-
-
-def rows_from_documents(docs: grain.IterDataset, packing: str, seq_len: int, seed: int,
-                        num_bins: int, shuffle_bins: bool) -> grain.IterDataset:
-  """Token documents -> fixed-length training rows (dicts of [seq_len] arrays)."""
-  if packing == "pack":
-    pieces = grain.experimental.FlatMapIterDataset(docs, SplitForPacking(seq_len))
-    packed = grain.experimental.FirstFitPackIterDataset(
-        pieces, length_struct={"inputs": seq_len, "targets": seq_len}, num_packing_bins=num_bins,
-        seed=seed, shuffle_bins=shuffle_bins)
-    return packed.map(_packed_to_batch)
-  chunks = grain.experimental.ConcatThenSplitIterDataset(
-      docs.map(lambda t: {"tokens": t}), length_struct={"tokens": seq_len + 1})
-  return chunks.map(_chunk_to_batch)
-
-
 @dataclasses.dataclass
 class DataPipeline:
   cfg: Any                 # the data config
   tokenizer: Tokenizer
   sources: list[Source]
-
-  @property
-  def batch_keys(self) -> tuple[str, ...]:
-    keys = ("inputs", "targets", "weights")
-    return keys + ("positions", "segment_ids") if self.cfg.packing == "pack" else keys
+  row_format: RowFormat    # the task's: record -> document -> rows
 
   def train_dataset(self, batch_size: int, seq_len: int, seed: int, num_streams: int = 1,
                     process_index: int = 0, process_count: int = 1) -> "Streams":
@@ -122,11 +66,10 @@ class DataPipeline:
     docs = []
     for i, source in enumerate(self.sources):
       ds = grain.MapDataset.source(source.train).shuffle(seed=seed + 7919 * i).repeat(None)
-      ds = ds[index::num_streams].map(Tokenize(self.tokenizer, source.feature))
+      ds = ds[index::num_streams].map(self.row_format.encode(self.tokenizer, source.feature))
       docs.append(ds.to_iter_dataset(read))
     mixed = docs[0] if len(docs) == 1 else grain.IterDataset.mix(docs, [s.weight for s in self.sources])
-    ds = rows_from_documents(mixed, self.cfg.packing, seq_len, seed + 104729 * index, num_bins=rows,
-                             shuffle_bins=True)
+    ds = self.row_format.rows(mixed, seq_len, seed + 104729 * index, rows, True)
     if self.cfg.shuffle_rows > 1:
       ds = RowShuffleIterDataset(ds, self.cfg.shuffle_rows, seed=seed + 15485863 * (index + 1))
     ds = ds.batch(rows, drop_remainder=True)
@@ -140,8 +83,9 @@ class DataPipeline:
     zero-weight rows. max_batches=0: the whole split. Every process builds the same global batches
     and keeps its own rows."""
     docs = grain.MapDataset.concatenate(
-        [grain.MapDataset.source(s.validation).map(Tokenize(self.tokenizer, s.feature)) for s in self.sources])
-    ds = rows_from_documents(docs.to_iter_dataset(), self.cfg.packing, seq_len, seed=0, num_bins=batch_size, shuffle_bins=False)
+        [grain.MapDataset.source(s.validation).map(self.row_format.encode(self.tokenizer, s.feature))
+         for s in self.sources])
+    ds = self.row_format.rows(docs.to_iter_dataset(), seq_len, 0, batch_size, False)
     per = batch_size // process_count
     batches, rows = [], []
     for row in ds:
@@ -216,13 +160,15 @@ def _stack(rows: list[dict]) -> dict:
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def build_pipeline(data_cfg, log=print) -> DataPipeline:
+def build_pipeline(data_cfg, row_format: RowFormat, log=print, tokenizer: Tokenizer | None = None) -> DataPipeline:
+  """Sources and tokenizer (`tokenizer`, e.g. a finetuned checkpoint's, or the one data.tokenizer
+  names) feeding rows made by `row_format` (the task's)."""
   cache_dir = data_cfg.cache_dir or default_cache_dir()
   sources = open_sources(data_cfg, cache_dir, log=log)
-  tokenizer = make_tokenizer(data_cfg, sources, cache_dir, log=log)
+  tokenizer = tokenizer or make_tokenizer(data_cfg, sources, cache_dir, log=log)
   for s in sources:
     log(f"data: {s.name}: {len(s.train):,} train / {len(s.validation):,} validation documents"
         + (f", weight {s.weight:g}" if len(sources) > 1 else "")
         + (f", {s.skipped_records} bad record(s) skipped" if s.skipped_records else ""))
   log(f"data: tokenizer {tokenizer.fingerprint}, vocab {tokenizer.vocab_size}; packing={data_cfg.packing}")
-  return DataPipeline(data_cfg, tokenizer, sources)
+  return DataPipeline(data_cfg, tokenizer, sources, row_format)

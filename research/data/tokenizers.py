@@ -1,10 +1,15 @@
-"""Tokenizers behind one interface: encode, decode, vocab_size, bos_id, eos_id, pad_id.
+"""Tokenizers behind one interface: encode, decode, vocab_size, bos_id, eos_id, pad_id, add_bos.
 
 - ByteTokenizer: UTF-8 bytes 0..255, then BOS, EOS, PAD (259 ids).
 - GPT-2 BPE (vocab.json + merges.txt) and .tiktoken files: see bpe_tokenizers.py.
+- A Hugging Face tokenizer directory (data.tokenizer=hf): see hf_tokenizer.py.
 - SentencePieceTokenizer: loads a .model file, or trains one on the training split and caches it
   under the cache directory keyed by the corpus fingerprint and every training setting, so that
   changing a setting trains a new one instead of silently reusing the old.
+
+encode() never adds special tokens; `add_bos` says whether the model expects BOS before a
+document (the caller prepends bos_id). Every kind saves itself to a directory and loads back, and
+exports files that transformers loads: tokenizer_store.py.
 """
 from __future__ import annotations
 
@@ -23,11 +28,14 @@ SPM_THREADS = 8
 
 
 class Tokenizer(Protocol):
-  vocab_size: int
+  kind: str                  # the data.tokenizer value that builds it; tokenizer_store saves by it
+  vocab_size: int            # every id is below it (added tokens included)
   bos_id: int
-  eos_id: int
+  eos_id: int                # ends every document
   pad_id: int
-  fingerprint: str
+  add_bos: bool              # the model expects bos_id before each document (encode never adds it)
+  chat_template: str | None  # a Jinja chat template shipped with the tokenizer (hf), else None
+  fingerprint: str           # changes when the text -> ids mapping may change; checkpoints compare it
 
   def encode(self, text: str) -> list[int]: ...
 
@@ -35,7 +43,9 @@ class Tokenizer(Protocol):
 
 
 class ByteTokenizer:
+  kind = "byte"
   vocab_size = 259
+  add_bos, chat_template = False, None
   bos_id, eos_id, pad_id = 256, 257, 258
   fingerprint = "byte-v1"
 
@@ -47,6 +57,8 @@ class ByteTokenizer:
 
 
 class SentencePieceTokenizer:
+  kind = "sentencepiece"
+  add_bos, chat_template = False, None
 
   def __init__(self, model_file: str):
     import sentencepiece as spm
@@ -59,6 +71,8 @@ class SentencePieceTokenizer:
     if self.eos_id < 0:  # every document ends with EOS; -1 would be a token id out of range
       raise DataError(f"data.spm_model_file={model_file}: the model has no EOS piece (eos_id -1), which ends "
                       "every document; use a model trained with an eos_id (SentencePiece's default is 2)")
+    # A model without BOS or PAD pieces (id -1) uses EOS for them, as GPT-2 does.
+    self.bos_id, self.pad_id = (i if i >= 0 else self.eos_id for i in (self.bos_id, self.pad_id))
     with open(model_file, "rb") as f:
       self.fingerprint = "spm-" + hashlib.sha256(f.read()).hexdigest()[:16]
 
@@ -128,8 +142,12 @@ def make_tokenizer(data_cfg, sources, cache_dir: str, log=print) -> Tokenizer:
   if data_cfg.tokenizer == "tiktoken":
     from research.data.bpe_tokenizers import TiktokenTokenizer
     return TiktokenTokenizer(data_cfg.tiktoken_file, pattern=data_cfg.tiktoken_pattern)
+  if data_cfg.tokenizer == "hf":
+    from research.data.hf_tokenizer import HF_FILES, HFTokenizer
+    from research.data.tokenizer_store import local_copy
+    return HFTokenizer(local_copy(data_cfg.tokenizer_dir, HF_FILES, cache_dir))
   if data_cfg.tokenizer != "sentencepiece":
-    raise DataError(f"data.tokenizer={data_cfg.tokenizer!r} is not one of byte, sentencepiece, bpe, tiktoken")
+    raise DataError(f"data.tokenizer={data_cfg.tokenizer!r} is not one of byte, sentencepiece, bpe, tiktoken, hf")
   if data_cfg.spm_model_file:
     return SentencePieceTokenizer(data_cfg.spm_model_file)
   from research.data.sources import text_of

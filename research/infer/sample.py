@@ -1,5 +1,5 @@
 """Temperature sampling by re-running the full forward pass per token (no KV cache: fine for the
-short samples printed at the end of training; issue-tracked KV-cache decoding replaces it)."""
+short samples printed at the end of training)."""
 from __future__ import annotations
 
 import jax
@@ -37,8 +37,10 @@ def sample_tokens(graphdef, params, prompt_BxP: np.ndarray, num_tokens: int, tem
 
 def sample_text(graphdef, params, tokenizer, prompts: list[str], num_tokens: int, temperature: float,
                 seed: int, max_len: int) -> list[str]:
-  # An empty prompt starts after EOS, the token that precedes every document in training.
-  encoded = [tokenizer.encode(p) if p else [tokenizer.eos_id] for p in prompts]
+  # An empty prompt starts after EOS, the token that precedes every document in training (and BOS,
+  # which starts every document for tokenizers whose models expect it).
+  bos = [tokenizer.bos_id] if getattr(tokenizer, "add_bos", False) else []
+  encoded = [(bos + tokenizer.encode(p)) if p else [tokenizer.eos_id] + bos for p in prompts]
   width = max(len(e) for e in encoded)
   # Left-align prompts of equal length only: pad shorter ones by repeating their first token.
   prompt = np.asarray([[e[0]] * (width - len(e)) + e for e in encoded], np.int32)

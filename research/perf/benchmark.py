@@ -6,12 +6,12 @@ import time
 import jax
 import numpy as np
 
-from research.config import validate_config
 from research.models import flops_per_token
 from research.perf.compiled import memory_report
 from research.sharding import make_mesh
 from research.train import mfu as mfu_lib
 from research.train.program import build_program
+from research.train.setup import complete_config
 
 
 def _spread(times: list[float]) -> dict:
@@ -23,27 +23,15 @@ def _spread(times: list[float]) -> dict:
 def benchmark_train(cfg, steps: int, warmup: int) -> dict:
   """Train steps on random tokens (no data pipeline), after `warmup` steps."""
   devices = jax.devices()
-  validate_config(cfg, len(devices), need_data=cfg.model.vocab_size == 0)  # random tokens need no corpus
-  if cfg.model.vocab_size == 0:  # the tokenizer's size, as in training (cheap once it is cached)
-    # Imported here: with an explicit vocabulary the train benchmark needs no data stack (grain,
-    # array_record), so it runs where only jax, flax, optax and ml_collections are installed.
-    from research.data import build_pipeline
-    from research.train.trainer import resolve_vocab
-    resolve_vocab(cfg, build_pipeline(cfg.data, log=lambda *a: None).tokenizer)
-  program = build_program(cfg, make_mesh(cfg.mesh.shape, devices, cfg.mesh.dcn_shape))
+  # Random tokens need no corpus: the data is opened only for the tokenizer's vocabulary size
+  # (model.vocab_size=0, as in training; cheap once cached). With an explicit vocabulary the train
+  # benchmark needs no data stack (grain, array_record) at all.
+  task, _ = complete_config(cfg, len(devices), log=lambda *a: None, need_data=False)
+  program = build_program(cfg, make_mesh(cfg.mesh.shape, devices, cfg.mesh.dcn_shape), task)
   state = program.init_state()
   step = program.compile_train_step()
-  t, rng = cfg.train, np.random.default_rng(0)
-  rows = t.batch_size // jax.process_count()
-  shapes = {k: v.shape for k, v in program.abstract_batch(rows, t.seq_len).items()}
-
-  def batch():
-    tokens = rng.integers(0, cfg.model.vocab_size, (rows, t.seq_len + 1)).astype(np.int32)
-    b = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": np.ones((rows, t.seq_len), np.float32)}
-    if "positions" in shapes:
-      b["positions"] = np.broadcast_to(np.arange(t.seq_len, dtype=np.int32), (rows, t.seq_len)).copy()
-      b["segment_ids"] = np.ones((rows, t.seq_len), np.int32)
-    return program.put_batch(b)
+  t = cfg.train
+  batch = program.synthetic_batch(seed=0)
 
   for _ in range(warmup):
     state, metrics = step(state, batch())
@@ -69,8 +57,8 @@ def benchmark_train(cfg, steps: int, warmup: int) -> dict:
 
 def benchmark_data(cfg, steps: int, warmup: int) -> dict:
   """Batches per second from the training iterator alone (after building corpus and tokenizer)."""
-  from research.data import build_pipeline
-  data = build_pipeline(cfg.data, log=lambda *a: None)
+  from research.train.setup import prepare_task
+  _, data = prepare_task(cfg, log=lambda *a: None)
   t = cfg.train
   it = iter(data.train_dataset(t.batch_size, t.seq_len, cfg.seed))
   for _ in range(warmup):

@@ -1,11 +1,10 @@
 """Back the host's malloc with transparent huge pages (glibc), so train steps stop page-faulting.
 
-Why: XLA CPU allocates a step's temporaries (hundreds of MiB for the default config) with malloc on
-every call. glibc maps blocks that large fresh and unmaps them on free, so every step touches new 4 KiB
-pages: 187,000 minor page faults per default step, ~20% of its time (PERFORMANCE.md). With glibc's
+Why: XLA CPU mallocs a step's temporaries on every call, and glibc maps blocks that large fresh and
+unmaps them on free, so every step page-faults through new 4 KiB pages. With glibc's
 `glibc.malloc.hugetlb=1` tunable the memory is advised as transparent huge pages, faulted 2 MiB at a
-time: ~1,100 faults per step, and the resident memory stays flat. (Keeping freed memory mapped with
-mallopt, one arena and no mmap, was as fast but fragmented: resident memory grew 70% in 30 steps.)
+time, and the resident memory stays flat (fault counts, step times and the mallopt alternative that
+fragmented: PERFORMANCE.md, "The default step from 800 to ~390 ms").
 
 glibc reads tunables only when a process starts, so `configure()` re-executes the entry point once
 with GLIBC_TUNABLES extended (same pid, same arguments). It does nothing when the variable already

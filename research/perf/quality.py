@@ -1,7 +1,7 @@
 """Quality runs: the training results README.md and PERFORMANCE.md quote, rerun end to end.
 
 A speed change is not done until these are re-measured: a change of the order rows reach the model
-once cost the nanoGPT reproduction 0.1 nats while its old number stayed in the README. Each run is
+once cost the nanoGPT reproduction 0.1 nats unnoticed (PERFORMANCE.md, Reproductions). Each run is
 the real trainer on the real experiment file, from step 0 in its own workdir; the report gives each
 final eval loss beside the recorded value and whether it is within the run's tolerance (seed noise
 measured across seeds, see PERFORMANCE.md).

@@ -17,13 +17,14 @@ import time
 
 import jax
 
-from research.config import ConfigError, validate_config
+from research.config import ConfigError
 from research.models import count_params, flops_per_token
 from research.perf.compiled import compiler_flops, format_bytes, memory_report
 from research.plan.collectives import collectives_summary
 from research.plan.targets import PlanError, parse_target, tpu_devices
 from research.sharding.mesh import make_mesh, resolve_mesh_shape
 from research.train.program import build_program
+from research.train.setup import complete_config
 
 # Per-chip ICI bandwidth (bytes/s, all links), from the Cloud TPU system-architecture pages.
 ICI_BYTES_PER_S = {"v4": 300e9, "v5e": 200e9, "v5p": 600e9, "v6e": 448e9}
@@ -57,12 +58,12 @@ def plan_for_target(cfg, target: str, slices: int = 1, gpus: int = 8) -> dict:
   devices = tpu_devices(target, slices)
   mesh = target_mesh(cfg, devices, slices)
   try:
-    validate_config(cfg, len(devices), need_data=False, processes=len({d.process_index for d in devices}),
-                    backend="tpu")
+    task, _ = complete_config(cfg, len(devices), log=lambda *a: None, need_data=False,
+                              processes=len({d.process_index for d in devices}), backend="tpu")
   except ConfigError as e:
     raise PlanError(str(e), 4 if "mesh" in str(e) or "divisible" in str(e) else 1) from None
   t = cfg.train
-  program = build_program(cfg, mesh)
+  program = build_program(cfg, mesh, task)
   start = time.time()
   report = {"target": target, "slices": slices, "devices": len(devices), "chip": chip.name,
             "devices_per_chip": chip.devices_per_chip, "mesh": dict(mesh.shape), "remat": cfg.model.remat,

@@ -30,8 +30,8 @@ import jax.numpy as jnp
 from research.models.layers import DTYPES
 from research.sharding.mesh import MESH_AXES, resolve_mesh_shape
 from research.sharding.rules import logical_to_spec
-from research.train.program import mesh_rules
-from research.train.state import abstract_model
+from research.models.registry import abstract_model
+from research.sharding.rules import config_rules
 
 
 def _per_token_layer(cfg, policy: str, tensor: int) -> tuple[float, float]:
@@ -63,7 +63,7 @@ def estimate_memory(cfg, mesh_shape, num_devices: int) -> dict:
   """Per-device bytes: params, optimizer_state, gradients, gathered_weights, activations, logits, total."""
   shape = dict(zip(MESH_AXES, resolve_mesh_shape(mesh_shape, num_devices)))
   mesh = types.SimpleNamespace(shape=shape)
-  rules = mesh_rules(cfg)
+  rules = config_rules(cfg)
   _, abstract, names = abstract_model(cfg.model)
   p_bytes = jnp.dtype(DTYPES[cfg.model.param_dtype]).itemsize
   a_bytes = jnp.dtype(DTYPES[cfg.model.dtype]).itemsize
@@ -83,7 +83,7 @@ def estimate_memory(cfg, mesh_shape, num_devices: int) -> dict:
   activations = tokens * (layers * kept + (layer_set if cfg.model.remat != "none" else 0))
   vocab = cfg.model.vocab_size
   # The plain path (train.loss_chunks=0) keeps f32 logits, their softmax and gradient; the fused head
-  # (train/head_loss.py) holds one chunk's f32 logits and exponentials and its gradient at a time.
+  # (tasks/head_loss.py) holds one chunk's f32 logits and exponentials and its gradient at a time.
   chunks = t.loss_chunks
   logits = tokens * vocab / shape["tensor"] * (4 * 3 if chunks == 0 else (4 + 4 + a_bytes) / chunks)
   report = {"params": sharded * p_bytes, "optimizer_state": 2 * sharded * p_bytes, "gradients": sharded * 4,
@@ -107,12 +107,13 @@ def plan_for_gpu(cfg, target: str, num_devices: int) -> dict:
   """The dry-run report for a GPU target, from `estimate_memory` (no compile is possible without the
   device). Fits if the estimate is within 90% of HBM (CUDA context, cuDNN/NCCL workspaces and
   fragmentation take the rest)."""
-  from research.config import ConfigError, validate_config
+  from research.config import ConfigError
   from research.models import count_params, flops_per_token
   from research.plan.targets import GPU_CHIPS, PlanError
+  from research.train.setup import complete_config
   chip = GPU_CHIPS[target]
   try:
-    validate_config(cfg, num_devices, need_data=False, processes=1, backend="gpu")
+    complete_config(cfg, num_devices, log=lambda *a: None, need_data=False, processes=1, backend="gpu")
   except ConfigError as e:
     raise PlanError(str(e), 4 if "mesh" in str(e) else 1) from None
   memory = estimate_memory(cfg, cfg.mesh.shape, num_devices)

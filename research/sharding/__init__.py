@@ -8,6 +8,7 @@ from research.sharding.mesh import MESH_AXES, make_mesh, resolve_mesh_shape
 from research.sharding.rules import (
     DEFAULT_RULES,
     activation_rules,
+    config_rules,
     constrain,
     logical_to_spec,
     named_sharding,
@@ -15,6 +16,6 @@ from research.sharding.rules import (
 )
 
 __all__ = [
-    "MESH_AXES", "make_mesh", "resolve_mesh_shape", "DEFAULT_RULES", "activation_rules",
+    "MESH_AXES", "make_mesh", "resolve_mesh_shape", "DEFAULT_RULES", "activation_rules", "config_rules",
     "constrain", "logical_to_spec", "named_sharding", "tree_shardings",
 ]

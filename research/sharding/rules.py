@@ -43,6 +43,11 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
+def config_rules(cfg) -> Rules:
+  """cfg.mesh.rules as a tuple of (logical name, mesh axes), list values made tuples."""
+  return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in cfg.mesh.rules)
+
+
 def _as_axes(value: Any) -> tuple[str, ...]:
   if value is None:
     return ()

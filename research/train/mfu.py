@@ -38,11 +38,10 @@ def measure_matmul_peak(devices, dtype_name: str, sizes: tuple[int, ...] = (1024
                         repeats: int = 10) -> float:
   """Best FLOP/s over `repeats` runs of one n^3 matmul per device for each n in `sizes`, run on all
   `devices` at once (inputs in `dtype_name`, float32 accumulation, as our matmuls run). The best run,
-  not the median: a peak is what the hardware can do, and on shared CPUs even the best of 10 varied
-  317-412 GFLOP/s between runs (Zen 4 box, 2048^3). Several sizes because the fastest one depends on
-  the CPU: on the Zen 4 box bf16 ran at ~420 GFLOP/s at 1024^3 and ~385 at 2048^3. CPU "devices"
-  (also the fake ones of --xla_force_host_platform_device_count) share the host's cores, so running
-  them together is what measures the host's real peak."""
+  not the median: a peak is what the hardware can do, and on a shared CPU even the best of 10 varies
+  between runs. Several sizes because the fastest one depends on the CPU (PERFORMANCE.md gives both
+  boxes' figures). CPU "devices" (also the fake ones of --xla_force_host_platform_device_count) share
+  the host's cores, so running them together is what measures the host's real peak."""
   return max(_measure(tuple(devices), dtype_name, n, repeats) for n in sizes)
 
 

@@ -1,7 +1,8 @@
-"""The train and eval steps: pure functions of (state, batch), jitted by the trainer.
+"""The train and eval steps: pure functions of (state, batch), jitted by the program.
 
-A batch is a dict of [B, L] arrays: `inputs`, `targets` (int32), `weights` (float32, 0 on padding),
-and optionally `positions` and `segment_ids` for packed rows.
+The batch is whatever the task's batch spec says (research/tasks); the task's loss gives summed
+statistics, so the gradient is an exact mean over the global batch however it is split into
+microbatches, devices or hosts. Parameters the partition freezes get no gradient and no update.
 """
 from __future__ import annotations
 
@@ -13,31 +14,8 @@ import optax
 from flax import nnx
 
 from research.sharding import constrain
-from research.train.head_loss import head_cross_entropy
 from research.train.state import TrainState
-
-MODEL_INPUTS = ("positions", "segment_ids")
-
-
-def loss_sums(graphdef, params, batch, dropout_rng, loss_chunks: int = 0) -> tuple[jax.Array, jax.Array]:
-  """(sum of weighted token cross-entropies, sum of weights), both float32.
-
-  `loss_chunks` >= 1 runs the output head fused with the cross-entropy in that many chunks along the
-  sequence (`head_loss.head_cross_entropy`: no [B, L, V] logits kept for the backward); 0 computes
-  the full f32 logits and optax's cross-entropy (the plain reference path).
-  """
-  model = nnx.merge(graphdef, params)
-  extra = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-  weights_BxL = batch["weights"].astype(jnp.float32)
-  if loss_chunks == 0:
-    logits_BxLxV = model(batch["inputs"], dropout_rng=dropout_rng, **extra)
-    losses_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch["targets"])
-    return (losses_BxL * weights_BxL).sum(), weights_BxL.sum()
-  x_BxLxD = model.hidden_states(batch["inputs"], dropout_rng=dropout_rng, **extra)
-  head, transposed = model.head_weight()
-  loss_sum = head_cross_entropy(x_BxLxD, head, batch["targets"], weights_BxL, transposed=transposed,
-                                dtype=model.dtype, chunks=loss_chunks)
-  return loss_sum, weights_BxL.sum()
+from research.train.trainable import Partition, join
 
 
 def all_finite(tree) -> jax.Array:
@@ -57,8 +35,8 @@ def _split_microbatches(batch, num: int):
   return jax.tree.map(split, batch)
 
 
-def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                    microbatches: int = 1, loss_chunks: int = 0) -> Callable:
+def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule: optax.Schedule, task,
+                    microbatches: int = 1, partition: Partition | None = None) -> Callable:
   """Returns train_step(state, batch) -> (state, metrics).
 
   The gradient is the mean over all weighted tokens of the global batch, accumulated over
@@ -67,33 +45,41 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule:
   stay as they were); `metrics['finite']` tells the host, which stops or counts per `train.nonfinite`
   (`metrics['update_finite']` says whether the parameters were the cause).
   """
-  grad_fn = jax.value_and_grad(lambda p, b, r: loss_sums(graphdef, p, b, r, loss_chunks), has_aux=True)
+  partition = partition or Partition()
+
+  def loss_fn(trainable, frozen, batch, rng):
+    loss_sum, weight_sum, _ = task.loss(nnx.merge(graphdef, join(trainable, frozen)), batch, rng)
+    return loss_sum, weight_sum
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
+    trainable, frozen = partition.split(state.params)
     if microbatches == 1:
-      (loss_sum, weight_sum), grads = grad_fn(state.params, batch, rng)
+      (loss_sum, weight_sum), grads = grad_fn(trainable, frozen, batch, rng)
     else:
       def body(carry, xs):
         micro, index = xs
-        (l, w), g = grad_fn(state.params, micro, jax.random.fold_in(rng, index))
+        (l, w), g = grad_fn(trainable, frozen, micro, jax.random.fold_in(rng, index))
         acc_l, acc_w, acc_g = carry
         return (acc_l + l, acc_w + w, jax.tree.map(jnp.add, acc_g, g)), None
 
-      zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+      zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
       init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), zeros)
       (loss_sum, weight_sum, grads), _ = jax.lax.scan(
           body, init, (_split_microbatches(batch, microbatches), jnp.arange(microbatches)))
     denom = jnp.maximum(weight_sum, 1.0)
     loss = loss_sum / denom
-    grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state.params)
+    grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, trainable)
     grad_norm = optax.global_norm(grads)
 
-    updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
+    updates, new_opt_state = optimizer.update(grads, state.opt_state, trainable)
+    new_trainable = optax.apply_updates(trainable, updates)
+    new_params = join(new_trainable, frozen)
     # Finite loss and gradients can still give non-finite parameters (a learning rate that overflows,
     # bfloat16 parameters past their range); such an update is skipped too.
-    update_finite = all_finite(new_params)
+    update_finite = all_finite(new_trainable)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & update_finite
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     applied = state.step - state.skipped_steps  # optimizer updates so far = the schedule's count
@@ -110,10 +96,11 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule:
   return train_step
 
 
-def make_eval_step(graphdef, loss_chunks: int = 0) -> Callable:
-  """eval_step(params, batch) -> (loss sum, weight sum), summed over the batch for exact averaging."""
+def make_eval_step(graphdef, task) -> Callable:
+  """eval_step(params, batch) -> the task's summed statistics (a dict of f32 scalars) for the batch,
+  summed again over batches for exact averaging."""
 
   def eval_step(params, batch):
-    return loss_sums(graphdef, params, batch, None, loss_chunks)
+    return task.loss(nnx.merge(graphdef, params), batch, None)[2]
 
   return eval_step

@@ -7,12 +7,10 @@ gradient d @ W and its share of the head's weight gradient x^T @ d; the backward
 those by the loss's cotangent. Only the gradients ([B, L, D] and the head's shape) outlive the
 forward pass. Forward-only use (evaluation) runs the primal: chunked logits and log-sum-exp.
 
-Why: on XLA CPU the unfused head + optax cross-entropy made ~6 passes over f32 [B, L, V] arrays
-(memory-bound, ~13-15 GB/s per core here) and ran its [B*L, V] logits matmul at a third of its rate
-because of the 64 MB output; for the default model the head + loss forward+backward fell from 55-77
-to 39 ms with 8 chunks (PERFORMANCE.md). On any backend it frees the f32 logits (B*L*V*4 bytes; 4 GiB for Llama 3's
-128k vocabulary at 8k tokens per device), which is what "vocab tiling" / fused linear
-cross-entropy implementations do.
+Why: on any backend it frees the f32 logits (B*L*V*4 bytes per device), as "vocab tiling" / fused
+linear cross-entropy implementations do; on XLA CPU a chunk's logits are small enough for the logits
+matmul and the memory-bound passes over them to run faster (measurements: PERFORMANCE.md, "The
+output head fused with the cross-entropy").
 
 Numerics equal the unfused path's: bf16 (compute dtype) matmul inputs with f32 accumulation, the
 softmax in f32, the logits' gradient rounded to the compute dtype before its two matmuls (as
@@ -20,10 +18,10 @@ softmax in f32, the logits' gradient rounded to the compute dtype before its two
 
 Chunks split the sequence axis (each chunk is [B, L / chunks]), so a batch-sharded x stays sharded
 the same way. With several chunks on a multi-device mesh the head's weight gradient is reduced across
-the batch shards once per chunk; one chunk reduces it once, as the unfused path does. On TPU (Llama 3
-8B, v5p:2x2x4, compiled ahead of time) one chunk took 2.1 GiB per chip more than the unfused path
-(the compute-dtype gradient of the whole chunk's logits is materialised for its two matmuls, which
-libtpu otherwise fuses), 4 or 8 chunks 0.2 GiB less; so `train.loss_chunks` defaults to 0 (unfused).
+the batch shards once per chunk; one chunk reduces it once, as the unfused path does. One chunk can
+take more memory than the unfused path (the compute-dtype gradient of the whole chunk's logits is
+materialised for its two matmuls, which libtpu otherwise fuses into them; TPU numbers in
+PERFORMANCE.md), so `train.loss_chunks` defaults to 0 (unfused).
 
 Shape legend: B batch, L length, C chunks, N = B * L / C tokens per chunk, D embed_dim, V vocab.
 """

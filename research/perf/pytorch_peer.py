@@ -1,16 +1,17 @@
 """A PyTorch peer for the train-step benchmark (`scripts/benchmark.py --compare_pytorch`): Hugging Face
-GPT-2 of the same shapes, on CPU. It lives in tests/ because torch is a test-only dependency.
+GPT-2 of the same shapes, on CPU.
 
 The step trains exactly `batch_size * seq_len` tokens, as the JAX side does: random tokens of
 length `seq_len + 1` are split into inputs `[:, :-1]` and targets `[:, 1:]`, and the loss is the
 mean token cross-entropy computed here from float32 logits (no `labels=` to the model, whose
 internal shift would train only `seq_len - 1` tokens per row).
 
-torch and transformers are test-only dependencies (requirements-test.txt); they are imported
-inside the function.
+torch and transformers are optional (requirements-test.txt, never requirements.txt): they are
+imported inside `benchmark_pytorch_gpt2`, so importing this module needs neither.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 
@@ -20,6 +21,14 @@ import numpy as np
 # function as "gelu_new" (tanh approximation) but one native kernel instead of ~8 eager ops.
 _ACTIVATIONS = {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu", "relu": "relu"}
 _NO_DECAY = ("transformer.wte.", "transformer.wpe.")  # embeddings; 1-D norms/biases by rank
+MISSING_TORCH = "--compare_pytorch needs torch and transformers: pip install -r requirements-test.txt"
+
+
+def missing_dependencies() -> str | None:
+  """MISSING_TORCH when torch or transformers is not installed, else None (neither is imported)."""
+  if any(importlib.util.find_spec(name) is None for name in ("torch", "transformers")):
+    return MISSING_TORCH
+  return None
 
 
 def _spread(times: list[float]) -> dict:
@@ -28,8 +37,9 @@ def _spread(times: list[float]) -> dict:
           "step_time_ms_p90": float(np.percentile(t, 90))}
 
 
-def _gpt2_config(transformers, model_cfg):
-  """A GPT2Config with the shapes of `model_cfg`; raises on switches GPT-2 cannot express."""
+def check_supported(model_cfg) -> None:
+  """Raises ValueError (one line) on a model switch GPT-2 cannot express; needs neither torch nor
+  transformers, so a script can check before it runs anything (the vocabulary may still be 0)."""
   m = model_cfg
   unsupported = {"norm": "layernorm", "position": "learned", "use_bias": True}
   for key, want in unsupported.items():
@@ -37,8 +47,16 @@ def _gpt2_config(transformers, model_cfg):
       raise ValueError(f"pytorch peer supports only model.{key}={want!r}, got {m[key]!r}")
   if m.get("num_kv_heads", 0) not in (0, m.num_heads) or m.get("head_dim", 0) not in (0, m.embed_dim // m.num_heads):
     raise ValueError("pytorch peer supports only multi-head attention with head_dim = embed_dim // num_heads")
-  if m.mlp_activation not in _ACTIVATIONS or m.vocab_size <= 0:
-    raise ValueError(f"pytorch peer needs vocab_size > 0 and mlp_activation in {sorted(_ACTIVATIONS)}")
+  if m.mlp_activation not in _ACTIVATIONS:
+    raise ValueError(f"pytorch peer supports only mlp_activation in {sorted(_ACTIVATIONS)}, got {m.mlp_activation!r}")
+
+
+def _gpt2_config(transformers, model_cfg):
+  """A GPT2Config with the shapes of `model_cfg`; raises on switches GPT-2 cannot express."""
+  check_supported(model_cfg)
+  m = model_cfg
+  if m.vocab_size <= 0:  # 0 (the tokenizer's size) is resolved before this runs
+    raise ValueError(f"pytorch peer needs model.vocab_size > 0, got {m.vocab_size}")
   return transformers.GPT2Config(
       vocab_size=m.vocab_size, n_positions=m.max_seq_len, n_embd=m.embed_dim, n_layer=m.num_layers,
       n_head=m.num_heads, n_inner=m.mlp_dim or 4 * m.embed_dim,
@@ -60,7 +78,7 @@ def benchmark_pytorch_gpt2(model_cfg, batch_size: int, seq_len: int, opt_cfg, st
     import torch.nn.functional as F
     import transformers
   except ImportError as e:
-    raise RuntimeError(f"the PyTorch peer needs torch and transformers: pip install -r requirements-test.txt ({e})") from e
+    raise RuntimeError(MISSING_TORCH) from e
   torch.set_num_threads(os.cpu_count() or 1)
   torch.manual_seed(0)
   model = transformers.GPT2LMHeadModel(_gpt2_config(transformers, model_cfg))

@@ -1,0 +1,62 @@
+"""Architectures by `model.arch`: how to build the module, count its parameters and FLOPs per
+token, and which Hugging Face families it converts to and from (`model.family`).
+
+Everything that needs "the model of this config" (the train state, the planner, loading a
+checkpoint) asks here, so a new architecture is one entry, not an edit in each consumer.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from flax import nnx
+
+from research.models.counting import count_params as decoder_params
+from research.models.counting import flops_per_token as decoder_flops
+from research.models.transformer import DecoderLM
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+  name: str
+  build: Callable[..., nnx.Module]                 # (model_cfg, rngs=nnx.Rngs) -> module
+  count_params: Callable[[Any], int]               # exact, from the config alone
+  flops_per_token: Callable[[Any, int], float]     # training FLOPs per token at a sequence length
+  families: tuple[str, ...]                        # model.family values: the Hugging Face name maps
+
+
+ARCHITECTURES = {
+    "decoder": Architecture("decoder", DecoderLM, decoder_params, decoder_flops,
+                            families=("gpt2", "llama", "mistral", "qwen2", "gemma")),
+}
+
+
+def get_architecture(name: str) -> Architecture:
+  if name not in ARCHITECTURES:
+    raise ValueError(f"model.arch={name!r} is not one of {', '.join(ARCHITECTURES)}")
+  return ARCHITECTURES[name]
+
+
+def build_model(model_cfg, rngs: nnx.Rngs) -> nnx.Module:
+  return get_architecture(model_cfg.arch).build(model_cfg, rngs=rngs)
+
+
+def count_params(model_cfg) -> int:
+  return get_architecture(model_cfg.arch).count_params(model_cfg)
+
+
+def flops_per_token(model_cfg, seq_len: int) -> float:
+  return get_architecture(model_cfg.arch).flops_per_token(model_cfg, seq_len)
+
+
+def abstract_model(model_cfg) -> tuple[nnx.GraphDef, Any, Any]:
+  """(graphdef, abstract params as a pure dict, logical axis names as a matching pure dict)."""
+  model = nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0)))
+  graphdef, params = nnx.split(model, nnx.Param)
+  names: dict = {}
+  for path, variable in nnx.to_flat_state(params):
+    node = names
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = variable.get_metadata()["logical_axes"]
+  return graphdef, nnx.to_pure_dict(params), names

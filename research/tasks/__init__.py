@@ -1,0 +1,21 @@
+"""Training objectives behind one protocol (base.py), chosen by `task.name`.
+
+Owns: each objective's batch schema, how its records become rows, its loss as summable statistics,
+its metrics and its end-of-run report. Must not own a trainer, a step or a checkpoint format: those
+are shared (research/train, research/checkpoint) and call into the task.
+"""
+from research.config import ConfigError
+from research.tasks.base import Field, Task
+from research.tasks.lm import LanguageModeling
+
+TASKS = {"lm": LanguageModeling}
+
+
+def get_task(cfg) -> Task:
+  name = cfg.task.name
+  if name not in TASKS:
+    raise ConfigError(f"task.name={name!r} is not one of {', '.join(TASKS)}")
+  return TASKS[name](cfg)
+
+
+__all__ = ["Field", "Task", "TASKS", "get_task"]

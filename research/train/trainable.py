@@ -1,0 +1,70 @@
+"""Trainable and frozen parameters: `finetune.freeze` (regexes over paths such as
+'blocks/0/attn/q/kernel') splits the parameter tree in two. The train state keeps every parameter in
+`params`; only the trainable part gets a gradient, optimizer state and updates, so a frozen backbone
+costs no Adam moments and no gradient memory."""
+from __future__ import annotations
+
+import re
+
+from research.config import ConfigError
+
+
+class Partition:
+  """Splits nested parameter dicts into (trainable, frozen) by path, and joins them back."""
+
+  def __init__(self, freeze_patterns=()):
+    self.patterns = tuple(freeze_patterns)
+    self._regexes = [re.compile(p) for p in self.patterns]
+
+  @property
+  def everything_trains(self) -> bool:
+    return not self.patterns
+
+  def is_frozen(self, path: str) -> bool:
+    return any(r.search(path) for r in self._regexes)
+
+  def split(self, params: dict) -> tuple[dict, dict]:
+    """(trainable, frozen): nested dicts with the same keys as `params`, each holding its own leaves."""
+    trainable, frozen = self._split(params, ())
+    return trainable or {}, frozen or {}
+
+  def _split(self, tree, prefix):
+    if isinstance(tree, dict):
+      a, b = {}, {}
+      for k, v in tree.items():
+        x, y = self._split(v, prefix + (str(k),))
+        if x is not None:
+          a[k] = x
+        if y is not None:
+          b[k] = y
+      return a or None, b or None
+    return (None, tree) if self.is_frozen("/".join(prefix)) else (tree, None)
+
+  def check(self, abstract_params: dict) -> None:
+    """Every pattern freezes something, and something is left to train: a typo is an error, not a
+    run that silently trains everything (or nothing)."""
+    paths = list(_paths(abstract_params, ()))
+    for pattern, regex in zip(self.patterns, self._regexes):
+      if not any(regex.search(p) for p in paths):
+        raise ConfigError(f"finetune.freeze: {pattern!r} matches no parameter (paths look like {paths[0]!r}, "
+                          f"{paths[-1]!r})")
+    if self.patterns and all(self.is_frozen(p) for p in paths):
+      raise ConfigError(f"finetune.freeze={self.patterns!r} freezes every parameter; nothing would train")
+
+
+def join(trainable: dict, frozen: dict) -> dict:
+  """The inverse of `Partition.split`: one nested dict with the leaves of both."""
+  if not frozen:
+    return trainable
+  out = dict(trainable)
+  for k, v in frozen.items():
+    out[k] = join(out[k], v) if isinstance(v, dict) and k in out else v
+  return out
+
+
+def _paths(tree, prefix):
+  if isinstance(tree, dict):
+    for k, v in tree.items():
+      yield from _paths(v, prefix + (str(k),))
+  else:
+    yield "/".join(prefix)
