@@ -75,11 +75,13 @@ def _perturb(model) -> None:
 
 
 def _tokenizer(directory: str) -> None:
+  """A word-level tokenizer.json: w0 .. w297, [UNK] = 298, <eos> = 299."""
   from tokenizers import Tokenizer, models, pre_tokenizers
-  vocab = {f"w{i}": i for i in range(VOCAB - 1)} | {"[UNK]": VOCAB - 1}
+  vocab = {f"w{i}": i for i in range(VOCAB - 2)} | {"[UNK]": VOCAB - 2, "<eos>": VOCAB - 1}
   tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
   tok.pre_tokenizer = pre_tokenizers.Whitespace()
-  transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(directory)
+  fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="<eos>")
+  fast.save_pretrained(directory)
 
 
 @pytest.fixture(scope="module")
@@ -260,14 +262,42 @@ def test_bfloat16_round_trip_is_bit_exact(hf, tmp_path, name):
 
 
 def test_tokenizer_travels_with_the_model(hf, converted, tmp_path):
+  """Saved in the checkpoint as data.tokenizer=hf (what finetuning reads), exported for AutoTokenizer."""
+  from research.checkpoint.loading import read_tokenizer
   _, f32_dir, _ = hf["gpt2"]
-  ckpt = converted["gpt2"][2]
+  _, cfg, ckpt = converted["gpt2"]
+  assert (cfg.data.tokenizer, cfg.data.tokenizer_dir) == ("hf", os.path.join(ckpt, "hf_tokenizer"))
   assert "tokenizer.json" in os.listdir(os.path.join(ckpt, "hf_tokenizer"))
-  written = export_hf(ckpt, str(tmp_path))
-  assert "tokenizer.json" in written and "tokenizer_config.json" in written
+  text = "w3 w17 w300"
   before = transformers.AutoTokenizer.from_pretrained(f32_dir)
-  after = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
-  assert after("w3 w17 w299")["input_ids"] == before("w3 w17 w299")["input_ids"] == [3, 17, VOCAB - 1]
+  ids = before(text, add_special_tokens=False)["input_ids"]
+  assert ids == [3, 17, VOCAB - 2]
+  saved = read_tokenizer(ckpt, str(tmp_path / "cache"))
+  assert (saved.kind, saved.encode(text), saved.eos_id) == ("hf", ids, VOCAB - 1)
+  written = export_hf(ckpt, str(tmp_path / "hf"))
+  assert {"tokenizer.json", "tokenizer_config.json", "generation_config.json"} <= set(written)
+  after = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+  assert after(text, add_special_tokens=False)["input_ids"] == ids
+  assert converted["llama"][1].data.tokenizer == "byte"      # no tokenizer shipped: none saved
+
+
+def test_finetune_reads_a_converted_model(converted, tiny_cfg, tmp_path):
+  """What finetune.init_from=OUT does before training (a whole run from OUT takes ~50 s here; the
+  finetune tests train): the checkpoint's architecture and tokenizer, its parameters in the run's
+  (scanned) layout."""
+  from research.checkpoint.loading import restore_params
+  from research.models import abstract_model
+  from research.train.finetune import adopt_checkpoint_model, checkpoint_tokenizer
+  ckpt = converted["gpt2"][2]
+  cfg = tiny_cfg
+  cfg.finetune.init_from, cfg.model.scan_layers = ckpt, True
+  logs = []
+  adopt_checkpoint_model(cfg, logs.append)
+  assert (cfg.model.vocab_size, cfg.model.embed_dim, cfg.model.max_seq_len) == (VOCAB, 64, MAX_LEN)
+  tokenizer = checkpoint_tokenizer(cfg, str(tmp_path / "cache"), logs.append)
+  assert tokenizer.kind == "hf" and "tokenizer of the checkpoint (hf-" in logs[-1]
+  params = restore_params(ckpt, abstract_model(cfg.model)[1], convert=layout.stack_layers)
+  assert params["blocks"]["attn"]["q"]["kernel"].shape == (2, 64, 4, 16)
 
 
 def test_sharded_export_loads_and_reimports(hf, converted, tmp_path):
@@ -312,10 +342,13 @@ def _made_here(preset: str, **overrides):
 @pytest.mark.parametrize("preset, overrides", [("gpt2-tiny", {}), ("gpt2-tiny", {"use_bias": False}),
                                                ("llama-tiny", {})])
 def test_models_made_here_export_and_transformers_reproduces_them(tmp_path, preset, overrides):
+  from research.data.tokenizers import ByteTokenizer
   cfg, params = _made_here(preset, **overrides)
-  save_params_checkpoint(str(tmp_path / "ckpt"), params, cfg)
+  save_params_checkpoint(str(tmp_path / "ckpt"), params, cfg, tokenizer=ByteTokenizer())
   written = export_hf(str(tmp_path / "ckpt"), str(tmp_path / "hf"))
-  assert written[:2] == ["config.json", "model.safetensors"]   # no tokenizer for these yet
+  assert written[:2] == ["config.json", "model.safetensors"] and "tokenizer.json" in written
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+  assert tokenizer("hé", add_special_tokens=False)["input_ids"] == list("hé".encode())
   model, _ = research.load_model(str(tmp_path / "ckpt"))
   tokens, mask, positions = _padded_batch(5)
   ours = Ours(model)(tokens, positions, mask)

@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import os
 
-import ml_collections
 import numpy as np
 
 from research.checkpoint.loading import read_config, restore_params
-from research.config.base import model_defaults
 from research.hf.families import export_family
 from research.hf.import_hf import SOURCE_CONFIG, abstract_params
 from research.hf.errors import HFConvertError
@@ -25,13 +23,6 @@ from research.models import layout
 from research.models.layers import DTYPES
 
 _TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
-
-
-def _model_config(checkpoint: str) -> ml_collections.ConfigDict:
-  """The checkpoint's model config, with the keys older checkpoints lack at their defaults."""
-  model = model_defaults()
-  model.update(read_config(checkpoint).model.to_dict())
-  return model
 
 
 def _host_params(checkpoint: str, model_cfg) -> dict:
@@ -54,7 +45,7 @@ def export_hf(checkpoint: str, out_dir: str, max_shard_size: int | str = "5GB", 
   present = model_files(out_dir) + (["config.json"] if os.path.isfile(os.path.join(out_dir, "config.json")) else [])
   if present:
     raise HFConvertError(f"{out_dir}: already holds {present[0]}; give a new directory (nothing is overwritten)")
-  model_cfg = _model_config(checkpoint)
+  model_cfg = read_config(checkpoint).model   # keys older checkpoints lack: defaults
   family, hf_config = export_family(model_cfg)
   dtype = dtype or model_cfg.param_dtype
   if dtype not in DTYPES:

@@ -3,7 +3,8 @@
   config.json          -> the family (model_type) and our model.* keys (families.FAMILIES)
   model.safetensors    -> parameters, through the family's tensor map: every tensor the model
   (or its shards)         needs is present with the shape config.json implies, none is left over
-  tokenizer files      -> OUT/hf_tokenizer/ (tokenizer_files.py); config.json itself -> OUT/hf_config.json
+  the tokenizer        -> saved in the checkpoint (data.tokenizer=hf), its files in OUT/hf_tokenizer/
+                          (tokenizer_files.py); config.json itself -> OUT/hf_config.json
 
 The result loads with `research.load_model(OUT)` and trains with finetune.init_from=OUT.
 """
@@ -15,7 +16,6 @@ import shutil
 import jax
 import ml_collections
 import numpy as np
-from flax import nnx
 
 from research.checkpoint.params_only import save_params_checkpoint
 from research.config.base import base_config
@@ -25,8 +25,8 @@ from research.hf.errors import HFConvertError
 from research.hf.families import family_of_hf_config
 from research.hf.safetensors_io import INDEX, SINGLE, TensorFiles
 from research.hf.tensor_map import HFTensors
-from research.hf.tokenizer_files import copy_tokenizer_files
-from research.models import DecoderLM
+from research.hf.tokenizer_files import TOKENIZER_DIR, copy_tokenizer_files, hf_tokenizer
+from research.models import abstract_model
 from research.models.layers import DTYPES
 from research.treepaths import path_str
 
@@ -61,9 +61,9 @@ def hf_model_config(hf_dir: str, param_dtype: str = "float32") -> tuple[ml_colle
 
 
 def abstract_params(model_cfg) -> dict:
-  """The parameters DecoderLM(model_cfg) creates, as a pure dict of ShapeDtypeStructs (nothing allocated)."""
-  model = nnx.eval_shape(lambda: DecoderLM(model_cfg, rngs=nnx.Rngs(0)))
-  return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  """The parameters model_cfg's architecture creates, as a pure dict of ShapeDtypeStructs (nothing
+  allocated)."""
+  return abstract_model(model_cfg)[1]
 
 
 def _shapes(tree) -> dict[str, tuple]:
@@ -80,16 +80,20 @@ def _check_against_model(params: dict, model_cfg, where: str) -> None:
 
 def import_hf(hf_dir: str, out_dir: str, param_dtype: str = "float32") -> ml_collections.ConfigDict:
   """Converts the HF model in hf_dir into a checkpoint directory out_dir; returns its config.
-  Parameters are stored in `param_dtype` (float32: bfloat16 weights widen exactly)."""
-  hf_dir = os.path.abspath(hf_dir)
+  Parameters are stored in `param_dtype` (float32: bfloat16 weights widen exactly). The model's
+  tokenizer, when it ships one, is saved with the checkpoint (data.tokenizer=hf)."""
+  hf_dir, out_dir = os.path.abspath(hf_dir), os.path.abspath(out_dir)
   if param_dtype not in DTYPES:
     raise HFConvertError(f"param_dtype={param_dtype!r} is not one of {', '.join(DTYPES)}")
   cfg, family = hf_model_config(hf_dir, param_dtype)
+  tokenizer = hf_tokenizer(hf_dir)
+  if tokenizer is not None:
+    cfg.data.tokenizer, cfg.data.tokenizer_dir = "hf", os.path.join(out_dir, TOKENIZER_DIR)
   files = TensorFiles(hf_dir)
   tensors = HFTensors(files, family.prefix, DTYPES[param_dtype], family.ignored(cfg.model))
   params = family.hf_to_params(cfg.model, tensors)
   _check_against_model(params, cfg.model, files.listing)
-  save_params_checkpoint(out_dir, params, cfg, source=f"hf:{hf_dir}")
+  save_params_checkpoint(out_dir, params, cfg, tokenizer=tokenizer, source=f"hf:{hf_dir}")
   copy_tokenizer_files(hf_dir, out_dir)
   shutil.copyfile(os.path.join(hf_dir, "config.json"), os.path.join(out_dir, SOURCE_CONFIG))
   return cfg
