@@ -128,3 +128,27 @@ def test_best_metric_must_be_one_the_task_writes(tiny_cfg):
   tiny_cfg.checkpoint.best_metric = "eval_accuracy"
   with pytest.raises(ConfigError, match="checkpoint.best_metric='eval_accuracy' is not one of eval_loss, eval_perplexity"):
     complete_config(tiny_cfg, 8, log=lambda *a: None, need_data=False)
+
+
+def test_sigkill_then_resume_of_a_finetuning_run_is_exact(pretrained, corpus_dir, tmp_path):
+  """A finetuning run resumes from its own checkpoints (not from finetune.init_from again), bit for bit."""
+  from tests.test_checkpoint import _losses, _start, _wait_for_step, STEPS
+  import signal
+  from tests.helpers import tiny_experiment
+  experiment = tiny_experiment(tmp_path, corpus_dir)
+  extra = (f"--config.finetune.init_from={pretrained[1]}", "--config.finetune.freeze=^embed/")
+  runs = {}
+  for name in ("reference", "killed"):
+    workdir = tmp_path / name
+    proc = _start(experiment, workdir, *extra)
+    if name == "killed":
+      _wait_for_step(workdir, 10, proc)
+      proc.send_signal(signal.SIGKILL)
+      proc.wait()
+      proc = _start(experiment, workdir, *extra)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    runs[name] = _losses(workdir)
+  assert "checkpoint: resumed from step" in out and "finetune: parameters from" not in out.split("resumed")[1]
+  assert sorted(runs["reference"]) == list(range(1, STEPS + 1))
+  assert runs["killed"] == runs["reference"]

@@ -15,16 +15,14 @@ def _program(cfg, microbatches=1, shape=(-1, 1, 1)):
   return build_program(cfg, make_mesh(shape))
 
 
-def _batch(seed=0, batch=8, length=32):
-  rng = np.random.default_rng(seed)
-  tokens = rng.integers(0, 256, (batch, length + 1)).astype(np.int32)
-  weights = np.ones((batch, length), np.float32)
-  weights[-1, 20:] = 0.0  # some padding, so accumulation must weight by tokens, not by rows
-  segments = np.ones((batch, length), np.int32)
-  segments[:, length // 2:] = 2  # two packed documents per row
-  positions = np.concatenate([np.arange(length // 2), np.arange(length - length // 2)])[None].repeat(batch, 0)
-  return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": weights,
-          "positions": positions.astype(np.int32), "segment_ids": segments}
+def _batch(program, seed=0, batch=8, length=32):
+  """The task's random rows (its batch spec), with padding and two packed documents per row."""
+  b = program.task.synthetic_batch(batch, length, np.random.default_rng(seed))
+  b["weights"][-1, 20:] = 0.0  # some padding, so accumulation must weight by tokens, not by rows
+  b["segment_ids"][:, length // 2:] = 2
+  b["positions"] = np.concatenate([np.arange(length // 2), np.arange(length - length // 2)])[None].repeat(
+      batch, 0).astype(np.int32)
+  return b
 
 
 @pytest.mark.parametrize("microbatches,loss_chunks", [(2, 0), (4, 0), (2, 4)])
@@ -36,7 +34,7 @@ def test_accumulation_equals_large_batch(tiny_cfg, microbatches, loss_chunks):
     state = program.init_state()
     step = program.compile_train_step()
     for i in range(2):
-      state, metrics = step(state, program.put_batch(_batch(i)))
+      state, metrics = step(state, program.put_batch(_batch(program, i)))
     results.append((float(metrics["loss"]), float(metrics["grad_norm"]), jax.device_get(state.params)))
   (l1, g1, p1), (l2, g2, p2) = results
   np.testing.assert_allclose(l2, l1, rtol=1e-6)
@@ -49,13 +47,13 @@ def test_nonfinite_update_is_not_applied(tiny_cfg):
   state = program.init_state()
   step = program.compile_train_step()
   before = jax.device_get(state.params)
-  bad = _batch()
+  bad = _batch(program)
   bad["weights"][0, 0] = np.nan
   state, metrics = step(state, program.put_batch(bad))
   assert not bool(metrics["finite"])
   assert int(metrics["skipped_steps"]) == 1 and int(state.step) == 1
   jax.tree.map(np.testing.assert_array_equal, before, jax.device_get(state.params))
-  state, metrics = step(state, program.put_batch(_batch()))
+  state, metrics = step(state, program.put_batch(_batch(program)))
   assert bool(metrics["finite"]) and int(metrics["skipped_steps"]) == 1
   # The schedule counts applied updates only: the first real update uses the step-0 rate.
   assert float(metrics["learning_rate"]) == pytest.approx(float(program.schedule(0)))
@@ -68,7 +66,7 @@ def test_nonfinite_parameters_from_finite_gradients_are_not_applied(tiny_cfg):
   state = program.init_state()
   step = program.compile_train_step()
   before = jax.device_get(state)
-  state, metrics = step(state, program.put_batch(_batch()))
+  state, metrics = step(state, program.put_batch(_batch(program)))
   assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
   assert not bool(metrics["finite"]) and not bool(metrics["update_finite"])
   assert int(metrics["skipped_steps"]) == 1
@@ -98,7 +96,7 @@ def test_same_seed_same_losses_bitwise(tiny_cfg):
     step = program.compile_train_step()
     losses = []
     for i in range(3):
-      state, metrics = step(state, program.put_batch(_batch(i)))
+      state, metrics = step(state, program.put_batch(_batch(program, i)))
       losses.append(float(metrics["loss"]))
     runs.append(losses)
   assert runs[0] == runs[1]

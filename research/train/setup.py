@@ -22,7 +22,9 @@ def complete_config(cfg, num_devices: int, log=print, need_data: bool = True,
   if cfg.finetune.init_from:  # the architecture the validation checks is the checkpoint's
     from research.train.finetune import adopt_checkpoint_model
     adopt_checkpoint_model(cfg, log)
-  validate_config(cfg, num_devices, need_data=need_data, **validate_kwargs)
+  # The vocabulary, when model.vocab_size is 0, comes from a tokenizer: a checkpoint's, or the corpus'.
+  vocab_from_data = cfg.model.vocab_size == 0 and not cfg.finetune.init_from
+  validate_config(cfg, num_devices, need_data=need_data or vocab_from_data, **validate_kwargs)
   return prepare_task(cfg, log, need_data, open_data, adopt_model=False)
 
 
