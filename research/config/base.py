@@ -13,8 +13,9 @@ def model_defaults() -> ml_collections.ConfigDict:
   """Architecture keys; `research.models.presets` fills them for published models."""
   m = ml_collections.ConfigDict()
   m.arch = "decoder"           # the architecture (research/models/registry.py): decoder
-  m.family = "gpt2"            # the Hugging Face family the weights convert to and from (the switches
-                               # below define the network; export checks they fit the family)
+  m.family = "gpt2"            # gpt2 | llama | mistral | qwen2 | gemma: the Hugging Face family the weights
+                               # convert to and from (the switches below define the network; export
+                               # checks they fit the family, else picks one they fit: research/hf)
   m.vocab_size = 0             # 0: take the tokenizer's vocabulary size (rounded up, see below)
   m.vocab_multiple = 64        # when vocab_size is 0, round the tokenizer's size up to this
   m.max_seq_len = 1024         # context length (size of the learned position table)
@@ -24,12 +25,22 @@ def model_defaults() -> ml_collections.ConfigDict:
   m.num_kv_heads = 0           # 0: same as num_heads (multi-head); fewer: grouped-query attention
   m.head_dim = 0               # 0: embed_dim // num_heads
   m.mlp_dim = 0                # 0: 4 * embed_dim
-  m.mlp_activation = "gelu_tanh"  # gelu_tanh | gelu | relu | swiglu
+  m.mlp_activation = "gelu_tanh"  # gelu_tanh | gelu | relu | swiglu | geglu (gated: silu / gelu_tanh of the gate)
   m.norm = "layernorm"         # layernorm | rmsnorm
   m.norm_eps = 1e-5
-  m.use_bias = True
+  m.use_bias = True            # every bias: q, k, v, o, MLP and LayerNorm
+  m.qkv_bias = False           # biases on the q, k, v projections alone (Qwen2); implied by use_bias
+  m.norm_scale_offset = 0.0    # norms multiply by (offset + scale); 1.0 with scales starting at 0 (Gemma)
+  m.embed_scale = False        # token embeddings times sqrt(embed_dim), in the compute dtype (Gemma)
   m.position = "learned"       # learned | rope
   m.rope_theta = 10000.0
+  m.rope_scaling = "none"      # none | llama3: Llama 3.1's frequency scaling, with the four keys below
+  m.rope_scaling_factor = 8.0  # llama3: long wavelengths are divided by this
+  m.rope_low_freq_factor = 1.0   # llama3: wavelengths above original_max_len / this are scaled fully
+  m.rope_high_freq_factor = 4.0  # llama3: wavelengths below original_max_len / this are kept
+  m.rope_original_max_len = 8192  # llama3: the context length the model was pretrained at
+  m.sliding_window = 0         # > 0: each token attends to at most this many tokens, itself included
+                               # (Mistral); 0: the whole causal prefix
   m.tie_embeddings = True
   m.dropout = 0.0              # residual, attention-output and embedding dropout (train only)
   m.attention_impl = "xla"     # xla (everywhere) | cudnn (GPU only)

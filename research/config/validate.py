@@ -20,8 +20,9 @@ class ConfigError(ValueError):
 
 CHOICES = {
     "model.arch": ("decoder",),
-    "model.family": ("gpt2", "llama"),
-    "model.mlp_activation": ("gelu_tanh", "gelu", "relu", "swiglu"),
+    "model.family": ("gpt2", "llama", "mistral", "qwen2", "gemma"),
+    "model.mlp_activation": ("gelu_tanh", "gelu", "relu", "swiglu", "geglu"),
+    "model.rope_scaling": ("none", "llama3"),
     "model.norm": ("layernorm", "rmsnorm"),
     "model.position": ("learned", "rope"),
     "model.attention_impl": ("xla", "cudnn"),
@@ -43,7 +44,8 @@ POSITIVE = ("model.max_seq_len", "model.num_layers", "model.embed_dim", "model.n
             "model.vocab_multiple", "train.num_steps", "train.batch_size", "train.seq_len",
             "train.microbatches", "train.log_every", "data.vocab_size", "data.spm_max_documents",
             "checkpoint.keep_last", "optimizer.eps", "model.norm_eps", "model.init_std",
-            "model.rope_theta")
+            "model.rope_theta", "model.rope_scaling_factor", "model.rope_low_freq_factor",
+            "model.rope_high_freq_factor", "model.rope_original_max_len")
 NON_NEGATIVE = ("model.vocab_size", "model.num_kv_heads", "model.head_dim", "model.mlp_dim",
                 "train.eval_every", "train.eval_batches", "train.loss_chunks", "train.sample_at_end",
                 "train.sample_tokens", "optimizer.warmup_steps", "optimizer.decay_steps",
@@ -52,7 +54,7 @@ NON_NEGATIVE = ("model.vocab_size", "model.num_kv_heads", "model.head_dim", "mod
                 "checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.keep_every_steps",
                 "checkpoint.keep_best", "data.streams", "data.shuffle_rows", "train.profile_start_step",
                 "train.profile_stop_step", "train.cost_per_device_hour",
-                "train.max_consecutive_skips")
+                "train.max_consecutive_skips", "model.sliding_window")
 
 # Tuple keys whose elements are strings: an empty default says nothing about the element type, and
 # '--config.data.val_files=1,2' must give file names, not ints (cli.py parses them as strings).
@@ -143,8 +145,14 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int, need_data:
   head_dim = m.head_dim or m.embed_dim // m.num_heads
   if m.position == "rope" and head_dim % 2:
     raise ConfigError(f"model.position=rope needs an even head dimension, got {head_dim}")
-  if m.mlp_activation == "swiglu" and m.mlp_dim == 0:
-    raise ConfigError("model.mlp_activation=swiglu needs an explicit model.mlp_dim (e.g. 8/3 * embed_dim)")
+  if m.mlp_activation in ("swiglu", "geglu") and m.mlp_dim == 0:
+    raise ConfigError(f"model.mlp_activation={m.mlp_activation} needs an explicit model.mlp_dim "
+                      "(e.g. 8/3 * embed_dim)")
+  if m.rope_scaling != "none" and m.position != "rope":
+    raise ConfigError(f"model.rope_scaling={m.rope_scaling} needs model.position=rope, got {m.position}")
+  if m.rope_scaling == "llama3" and m.rope_high_freq_factor <= m.rope_low_freq_factor:
+    raise ConfigError(f"model.rope_high_freq_factor={m.rope_high_freq_factor} must exceed "
+                      f"model.rope_low_freq_factor={m.rope_low_freq_factor}")
   if m.attention_impl == "cudnn":
     import jax
     backend = backend or jax.default_backend()

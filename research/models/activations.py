@@ -1,10 +1,7 @@
 """MLP activations, computed in float32 whatever the compute dtype.
 
-XLA CPU has no bf16 vector arithmetic: a bf16 GELU is converted element by element around every op,
-and its autodiff backward again. On the default model's [4096, 1024] hidden layer `jax.nn.gelu` in
-bf16 took 5.2 ms forward and 10.1 ms forward+backward; the same GELU in f32 (inputs and output in
-bf16) 1.8 and 2.1 ms (PERFORMANCE.md). On GPU and TPU this elementwise work is memory-bound, so f32
-math costs little there, and it is the more accurate choice everywhere.
+Why: XLA CPU has no bf16 vector arithmetic, so a bf16 GELU is converted around every op (about 3x
+slower than in f32; measurements in PERFORMANCE.md), and f32 is the more accurate choice everywhere.
 
 `f32_pointwise` saves only the (compute-dtype) inputs for the backward pass and recomputes the
 function there inside one fused loop, rather than keeping autodiff's f32 intermediates (a [B, L, F]
@@ -47,5 +44,8 @@ ACTIVATIONS = {
     "relu": jax.nn.relu,   # exact in any dtype: no conversion needed
 }
 
-# SwiGLU's hidden layer: silu(gate) * up, one fused f32 loop.
+# Gated hidden layers, act(gate) * up, each one fused f32 loop: SwiGLU (Llama) and GeGLU with the tanh
+# GELU (Gemma's gelu_pytorch_tanh).
 swiglu = f32_pointwise(lambda gate, up: jax.nn.silu(gate) * up)
+geglu = f32_pointwise(lambda gate, up: jax.nn.gelu(gate, approximate=True) * up)
+GATED = {"swiglu": swiglu, "geglu": geglu}

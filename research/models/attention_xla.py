@@ -22,13 +22,17 @@ import jax.numpy as jnp
 F32 = jnp.float32
 
 
-def causal_attention(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, segment_ids_BxL=None) -> jax.Array:
+def causal_attention(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, segment_ids_BxL=None,
+                     sliding_window: int = 0) -> jax.Array:
   """[B, L, H, Dh] queries, [B, L, K, Dh] keys/values -> [B, L, H, Dh]; `segment_ids_BxL` (packed
-  rows) keeps attention inside each document."""
+  rows) keeps attention inside each document; `sliding_window` > 0 limits each query to that many
+  keys, itself included (Mistral's window: key > query - window)."""
   b, l, h, dh = q_BxLxHxDh.shape
   k = k_BxLxKxDh.shape[2]
   pos = jnp.arange(l)
   mask_BxLxL = (pos[:, None] >= pos[None, :])[None]
+  if sliding_window:
+    mask_BxLxL = mask_BxLxL & (pos[:, None] - pos[None, :] < sliding_window)[None]
   if segment_ids_BxL is not None:
     mask_BxLxL = mask_BxLxL & (segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :])
   q = q_BxLxHxDh if k == h else q_BxLxHxDh.reshape(b, l, k, h // k, dh)

@@ -8,6 +8,8 @@ FLOPs convention (as PaLM/MaxText): a multiply-add is 2 FLOPs, training is 3x th
 """
 from __future__ import annotations
 
+GATED = ("swiglu", "geglu")   # MLPs with a gate projection beside `up` (research/models/activations.py)
+
 
 def _dims(cfg):
   d, h = cfg.embed_dim, cfg.num_heads
@@ -20,7 +22,7 @@ def _dims(cfg):
 def _layer_matrix_params(cfg) -> int:
   d, h, k, dh, f = _dims(cfg)
   attn = d * h * dh + 2 * d * k * dh + h * dh * d
-  mlp = (3 if cfg.mlp_activation == "swiglu" else 2) * d * f
+  mlp = (3 if cfg.mlp_activation in GATED else 2) * d * f
   return attn + mlp
 
 
@@ -34,7 +36,9 @@ def count_params(cfg) -> int:
   per_layer = _layer_matrix_params(cfg) + 2 * norm
   if cfg.use_bias:
     per_layer += h * dh + 2 * k * dh + d  # q, k, v, o biases
-    per_layer += f * (2 if cfg.mlp_activation == "swiglu" else 1) + d  # up (+gate), down biases
+    per_layer += f * (2 if cfg.mlp_activation in GATED else 1) + d  # up (+gate), down biases
+  elif cfg.get("qkv_bias", False):
+    per_layer += h * dh + 2 * k * dh      # q, k, v biases alone
   total += cfg.num_layers * per_layer + norm
   if not cfg.tie_embeddings:
     total += d * cfg.vocab_size

@@ -94,12 +94,10 @@ def _matmul_2d_bwd(transposed, dtype, residuals, dy_NxM):
 def _weight_grad(x_NxK: jax.Array, dy_NxM: jax.Array, dtype, transposed: bool) -> jax.Array:
   """x^T @ dy: [K, M] (or [M, K] when `transposed`) float32, inputs cast to `dtype`.
 
-  This contracts over the N (token) axis. For bf16, XLA CPU runs that contraction over the first
-  axis of both operands at ~155 GFLOP/s, a quarter of its forward-layout rate (PERFORMANCE.md).
-  Splitting N into two contracted axes makes XLA copy one operand transposed ([K, N]) and run the
-  forward-layout kernel: 3-4x faster on CPU, while GPU/TPU merge the two axes back into one plain
-  matmul. The smaller operand is the one transposed (a [4096, 1024] bf16 transpose took 28 ms, its
-  [4096, 256] partner 3 ms). f32 gains nothing from the split (measured) and keeps the plain form.
+  Why split N (the token axis) into two contracted axes: for bf16, XLA CPU runs a contraction over
+  the first axis of both operands at a quarter of its forward-layout rate; with the split it copies
+  the smaller operand transposed and runs the forward-layout kernel, while GPU/TPU merge the two axes
+  back into one plain matmul. f32 keeps the plain form. Measurements in PERFORMANCE.md.
   """
   x, dy = x_NxK.astype(dtype), dy_NxM.astype(dtype)
   n, k, m = x.shape[0], x.shape[1], dy.shape[1]
@@ -129,11 +127,15 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
 
 
 class Norm(nnx.Module):
-  """LayerNorm (with bias, GPT-2) or RMSNorm (Llama) over the last axis, computed in float32."""
+  """LayerNorm (with bias, GPT-2) or RMSNorm (Llama) over the last axis, computed in float32.
 
-  def __init__(self, dim: int, kind: str, eps: float, use_bias: bool, param_dtype, rngs: nnx.Rngs):
-    self.kind, self.eps = kind, eps
-    self.scale = param(rngs, (dim,), ("norm",), "ones", param_dtype)
+  With `scale_offset` the output is multiplied by (offset + scale) and scales start at 0, so the norm
+  starts as it would with scales of 1 (Gemma's RMSNorm: 1 + w)."""
+
+  def __init__(self, dim: int, kind: str, eps: float, use_bias: bool, param_dtype, rngs: nnx.Rngs,
+               scale_offset: float = 0.0):
+    self.kind, self.eps, self.scale_offset = kind, eps, float(scale_offset)
+    self.scale = param(rngs, (dim,), ("norm",), "zeros" if self.scale_offset else "ones", param_dtype)
     self.bias = param(rngs, (dim,), ("norm",), "zeros", param_dtype) if use_bias and kind == "layernorm" else None
 
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
@@ -141,7 +143,8 @@ class Norm(nnx.Module):
     if self.kind == "layernorm":
       x = x - x.mean(-1, keepdims=True)
     y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.eps)
-    y = y * self.scale[...].astype(jnp.float32)
+    scale = self.scale[...].astype(jnp.float32)
+    y = y * (scale + self.scale_offset if self.scale_offset else scale)
     if self.bias is not None:
       y = y + self.bias[...].astype(jnp.float32)
     return y.astype(x_BxLxD.dtype)

@@ -1,7 +1,9 @@
 """`DecoderLM`: a pre-norm decoder-only transformer, every switch taken from the model config.
 
 GPT-2: learned positions, LayerNorm with bias, GELU(tanh) MLP, biases, tied embedding.
-Llama: RoPE, RMSNorm, SwiGLU MLP, grouped-query attention, no biases, untied head.
+Llama: RoPE, RMSNorm, SwiGLU MLP, grouped-query attention, no biases, untied head (Mistral: plus a
+sliding window; Qwen2: plus q/k/v biases). Gemma: RMSNorm times (1 + w), embeddings times sqrt(D),
+GeGLU MLP, tied head.
 
 Shape legend: B batch, L length, D embed_dim, F mlp_dim, V vocab.
 """
@@ -9,9 +11,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from research.models.activations import ACTIVATIONS, swiglu
+from research.models.activations import ACTIVATIONS, GATED
 from research.models.attention import CausalSelfAttention
 from research.models.layers import DTYPES, Dense, Embedding, Norm, dropout, matmul
 from research.models.remat import checkpoint_name, remat
@@ -22,18 +25,18 @@ class MLP(nnx.Module):
   def __init__(self, cfg, dtype, param_dtype, rngs: nnx.Rngs):
     d, f = cfg.embed_dim, cfg.mlp_dim or 4 * cfg.embed_dim
     common = dict(use_bias=cfg.use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.gated = cfg.mlp_activation == "swiglu"
+    self.gated = cfg.mlp_activation in GATED
     self.up = Dense((d,), (f,), ("embed",), ("mlp",), init_std=cfg.init_std, **common)
     self.gate = (Dense((d,), (f,), ("embed",), ("mlp",), init_std=cfg.init_std, **common)
                  if self.gated else None)
     self.down = Dense((f,), (d,), ("mlp",), ("embed",), init_std=cfg.init_std / (2 * cfg.num_layers) ** 0.5,
                       **common)
-    self.act = None if self.gated else ACTIVATIONS[cfg.mlp_activation]
+    self.act = GATED[cfg.mlp_activation] if self.gated else ACTIVATIONS[cfg.mlp_activation]
 
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
     h_BxLxF = self.up(x_BxLxD)
     if self.gated:
-      h_BxLxF = swiglu(self.gate(x_BxLxD), h_BxLxF)
+      h_BxLxF = self.act(self.gate(x_BxLxD), h_BxLxF)
     else:
       h_BxLxF = self.act(h_BxLxF)
     h_BxLxF = constrain(h_BxLxF, ("act_batch", "act_length", "act_mlp"))
@@ -44,7 +47,8 @@ class Block(nnx.Module):
   """x + attn(norm(x)), then x + mlp(norm(x)); dropout on each branch's output."""
 
   def __init__(self, cfg, dtype, param_dtype, rngs: nnx.Rngs):
-    norm = dict(kind=cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias, param_dtype=param_dtype, rngs=rngs)
+    norm = dict(kind=cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias, param_dtype=param_dtype, rngs=rngs,
+                scale_offset=cfg.get("norm_scale_offset", 0.0))
     self.attn_norm = Norm(cfg.embed_dim, **norm)
     self.attn = CausalSelfAttention(cfg, dtype, param_dtype, rngs)
     self.mlp_norm = Norm(cfg.embed_dim, **norm)
@@ -98,7 +102,10 @@ class DecoderLM(nnx.Module):
       self.blocks = stacked_blocks(cfg, dtype, param_dtype, rngs)
     else:
       self.blocks = nnx.List([Block(cfg, dtype, param_dtype, rngs) for _ in range(cfg.num_layers)])
-    self.final_norm = Norm(cfg.embed_dim, cfg.norm, cfg.norm_eps, cfg.use_bias, param_dtype, rngs)
+    self.final_norm = Norm(cfg.embed_dim, cfg.norm, cfg.norm_eps, cfg.use_bias, param_dtype, rngs,
+                           scale_offset=cfg.get("norm_scale_offset", 0.0))
+    # Gemma: sqrt(D) rounded to the compute dtype first, as transformers casts its normaliser.
+    self.embed_multiplier = float(np.float32(cfg.embed_dim ** 0.5)) if cfg.get("embed_scale", False) else None
     self.lm_head = (None if cfg.tie_embeddings else
                     Dense((cfg.embed_dim,), (cfg.vocab_size,), ("embed",), ("vocab",), use_bias=False,
                           init_std=cfg.init_std, dtype=dtype, param_dtype=param_dtype, rngs=rngs))
@@ -131,6 +138,8 @@ class DecoderLM(nnx.Module):
     # table makes XLA's partitioner replicate the result ("involuntary full rematerialization").
     lookup_VxD = constrain(self.embed.embedding[...], ("vocab", None))
     x_BxLxD = jnp.take(lookup_VxD, tokens_BxL, axis=0).astype(self.dtype)
+    if self.embed_multiplier is not None:
+      x_BxLxD = x_BxLxD * jnp.asarray(self.embed_multiplier, self.dtype)
     if self.pos_embed is not None:
       pos_table = constrain(self.pos_embed.embedding[...], ("positions", None))
       x_BxLxD = x_BxLxD + jnp.take(pos_table, positions, axis=0).astype(self.dtype)
