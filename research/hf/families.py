@@ -78,15 +78,17 @@ def export_family(cfg) -> tuple[Family, dict]:
   """(family, config.json dict) for a model config: its own family when it fits, else the first that
   does (learned positions: GPT-2; RoPE: Llama, then Mistral, Qwen2, Gemma). None fits: the most
   telling refusal, one line naming the model.* key."""
+  from research.models.registry import get_architecture
+  families = get_architecture(cfg.get("arch", "decoder")).hf_families()  # the architecture's name maps
   rope = cfg.position == "rope"
-  order = [n for n in FAMILIES if (n != "gpt2") == rope]
+  order = [n for n in families if (n != "gpt2") == rope]
   if cfg.family in order:
     order.remove(cfg.family)
     order.insert(0, cfg.family)
   errors = []
   for name in order:
     try:
-      return FAMILIES[name], FAMILIES[name].to_hf_config(cfg)
+      return families[name], families[name].to_hf_config(cfg)
     except HFConvertError as e:
       errors.append(e)
   raise errors[0]

@@ -22,12 +22,17 @@ class Architecture:
   build: Callable[..., nnx.Module]                 # (model_cfg, rngs=nnx.Rngs) -> module
   count_params: Callable[[Any], int]               # exact, from the config alone
   flops_per_token: Callable[[Any, int], float]     # training FLOPs per token at a sequence length
-  families: tuple[str, ...]                        # model.family values: the Hugging Face name maps
+  hf_families: Callable[[], dict]                  # model.family -> its Hugging Face config and tensor
+                                                   # name maps (research/hf/families.py), read lazily
+
+
+def _decoder_families() -> dict:
+  from research.hf.families import FAMILIES
+  return FAMILIES
 
 
 ARCHITECTURES = {
-    "decoder": Architecture("decoder", DecoderLM, decoder_params, decoder_flops,
-                            families=("gpt2", "llama", "mistral", "qwen2", "gemma")),
+    "decoder": Architecture("decoder", DecoderLM, decoder_params, decoder_flops, hf_families=_decoder_families),
 }
 
 

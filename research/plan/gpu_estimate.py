@@ -9,9 +9,9 @@ KV heads of size Dh, L sequence, T the tensor axis; the xla attention keeps its 
 probabilities per token in the compute dtype (attention_xla.py); the extra byte per [H, L] entry in
 'none' covers the recomputed layer's transients, calibrated against compiled memory; head and MLP
 terms are split over T, width-D terms are not):
-  none                   7aD + (a(2(H+2K)Dh + H Dh + F(2, swiglu 4)) + (a+1) H L) / T
-  dots_saveable          3aD + (a((H+2K)Dh + F(1, swiglu 2)) + 4 H L) / T
-  dots_no_batch_saveable 3aD + a((H+2K)Dh + F(1, swiglu 2)) / T
+  none                   7aD + (a(2(H+2K)Dh + H Dh + F(2, gated 4)) + (a+1) H L) / T
+  dots_saveable          3aD + (a((H+2K)Dh + F(1, gated 2)) + 4 H L) / T
+  dots_no_batch_saveable 3aD + a((H+2K)Dh + F(1, gated 2)) / T
   attn/mlp_out_saveable  2aD; both: 3aD;   full: aD
 plus, for any remat policy, one layer's full set while it is recomputed. Logits: 3 f32 copies of
 [tokens, V / T] (train.loss_chunks=N >= 1, the fused head: two f32 copies and the gradient of
@@ -27,6 +27,7 @@ import types
 
 import jax.numpy as jnp
 
+from research.models.counting import GATED
 from research.models.layers import DTYPES
 from research.sharding.mesh import MESH_AXES, resolve_mesh_shape
 from research.sharding.rules import logical_to_spec
@@ -42,7 +43,7 @@ def _per_token_layer(cfg, policy: str, tensor: int) -> tuple[float, float]:
   d, h = m.embed_dim, m.num_heads
   k, dh = m.num_kv_heads or h, m.head_dim or m.embed_dim // h
   f = m.mlp_dim or 4 * d
-  gated = m.mlp_activation == "swiglu"
+  gated = m.mlp_activation in GATED
   length = cfg.train.seq_len
   split = lambda x: x / tensor
   if m.attention_impl == "cudnn":
