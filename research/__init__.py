@@ -3,12 +3,16 @@
 Packages, in the order data flows through a run:
   config    -> the schema of every config key, and its validation
   sharding  -> device mesh and logical-axis rules (logical names -> mesh axes)
-  data      -> corpora, tokenizers, batches
-  models    -> NNX decoder-only transformer, presets, parameter/FLOP counts
-  train     -> optimizer, schedules, the jitted train step, the training loop, metrics
-  checkpoint-> Orbax checkpoints, resume, preemption, load_model, export
+  data      -> corpora, tokenizers, batches (rows shaped by the task's row format)
+  tasks     -> the objectives: batch schema, rows, loss as summable statistics, metrics (lm today)
+  models    -> NNX models by architecture (registry: decoder today), presets, parameter/FLOP counts
+  train     -> config completion, optimizer, schedules, the jitted train step, the one training loop,
+               finetuning from a checkpoint, trainable/frozen parameters, metrics
+  checkpoint-> Orbax checkpoints (with the tokenizer), resume, preemption, load_model, export
+  hf        -> Hugging Face directories in and out (GPT-2, Llama, Mistral, Qwen2, Gemma)
 
-`research.load_model(path)` -> (model, config): the door for notebooks, eval and generation.
+`research.load_model(path)` -> (model, config) and `research.load_tokenizer(path)`: the doors for
+notebooks, eval and generation.
 """
 
 
@@ -19,3 +23,16 @@ def load_model(path: str):
   from research.checkpoint.loading import load_model as _load
   return _load(path)
 
+
+def load_tokenizer(path: str):
+  """The tokenizer a checkpoint (workdir or step directory) was trained with: encode/decode, bos/eos/pad,
+  chat_template. Its files are unpacked once under the cache ($RESEARCH_CACHE or ~/.cache/research)."""
+  from research.plan.targets import quiet_libtpu_without_tpu
+  quiet_libtpu_without_tpu()
+  from research.checkpoint.loading import read_tokenizer
+  from research.data.pipeline import default_cache_dir
+  tokenizer = read_tokenizer(path, default_cache_dir())
+  if tokenizer is None:
+    from research.checkpoint import CheckpointError
+    raise CheckpointError(f"{path}: the checkpoint holds no tokenizer (written before checkpoints saved theirs)")
+  return tokenizer

@@ -131,12 +131,16 @@ def test_best_metric_must_be_one_the_task_writes(tiny_cfg):
 
 
 def test_sigkill_then_resume_of_a_finetuning_run_is_exact(pretrained, corpus_dir, tmp_path):
-  """A finetuning run resumes from its own checkpoints (not from finetune.init_from again), bit for bit."""
-  from tests.test_checkpoint import _losses, _start, _wait_for_step, STEPS
+  """A finetuning run resumes from its own checkpoints, bit for bit, and reads nothing of the
+  checkpoint it started from again (here moved away before the resume)."""
+  import shutil
   import signal
   from tests.helpers import tiny_experiment
+  from tests.test_checkpoint import STEPS, _losses, _start, _wait_for_step
   experiment = tiny_experiment(tmp_path, corpus_dir)
-  extra = (f"--config.finetune.init_from={pretrained[1]}", "--config.finetune.freeze=^embed/")
+  start = tmp_path / "start"
+  shutil.copytree(pretrained[1], start)
+  extra = (f"--config.finetune.init_from={start}", "--config.finetune.freeze=^embed/")
   runs = {}
   for name in ("reference", "killed"):
     workdir = tmp_path / name
@@ -145,10 +149,11 @@ def test_sigkill_then_resume_of_a_finetuning_run_is_exact(pretrained, corpus_dir
       _wait_for_step(workdir, 10, proc)
       proc.send_signal(signal.SIGKILL)
       proc.wait()
+      start.rename(tmp_path / "start.moved")
       proc = _start(experiment, workdir, *extra)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
     runs[name] = _losses(workdir)
-  assert "checkpoint: resumed from step" in out and "finetune: parameters from" not in out.split("resumed")[1]
+  assert "checkpoint: resumed from step" in out and "finetune: parameters from" not in out
   assert sorted(runs["reference"]) == list(range(1, STEPS + 1))
   assert runs["killed"] == runs["reference"]

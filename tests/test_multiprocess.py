@@ -98,3 +98,19 @@ def test_two_process_checkpoint_resumes_in_one(setup):
   shutil.copytree(setup["two"], work)
   train(setup["config"](), work, log=lambda *a: None, resume=10)
   _assert_same(_losses(work), _losses(setup["two"]), range(11, STEPS + 1))
+
+
+def test_finetuning_in_two_processes_trains_like_one(setup):
+  """finetune.init_from across processes: every process places its shards of the checkpoint's
+  parameters (nothing gathered), frozen parameters included; the same losses as one process."""
+  overrides = {"finetune.init_from": setup["one"], "train.num_steps": 6, "finetune.freeze": ("^embed/",)}
+  cfg = setup["config"]()
+  for key, value in overrides.items():
+    section, name = key.split(".")
+    cfg[section][name] = value
+  one, two = str(setup["dir"] / "ft_one"), str(setup["dir"] / "ft_two")
+  train(cfg, one, log=lambda *a: None)
+  out = _launch(setup["exp"], two, f"--config.finetune.init_from={setup['one']}", "--config.train.num_steps=6",
+                "--config.finetune.freeze=^embed/")
+  assert "finetune: parameters from" in out
+  _assert_same(_losses(one), _losses(two), range(1, 7))

@@ -61,10 +61,14 @@ def _manager(directory: str) -> ocp.CheckpointManager:
     absl_logger.removeFilter(notice)
 
 
-def read_config(path: str) -> ml_collections.ConfigDict:
+def read_meta(path: str) -> dict:
+  """The `meta` item (config, fingerprints, checksums, ...) of a workdir's newest step or a step dir."""
   directory, step = resolve_step_dir(path)
-  meta = _manager(directory).restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  return with_defaults(meta["config"])
+  return _manager(directory).restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def read_config(path: str) -> ml_collections.ConfigDict:
+  return with_defaults(read_meta(path)["config"])
 
 
 def with_defaults(saved: dict) -> ml_collections.ConfigDict:
@@ -112,11 +116,10 @@ def restore_params(path: str, abstract_params, rename: Callable[[str], str | Non
   saved = saved.tree if hasattr(saved, "tree") else saved
   if "params" not in saved:
     raise CheckpointError(f"{directory}/{step}: no 'params' in the saved state (items: {sorted(saved)})")
-  # Only the parameters, onto this host's first device whatever mesh wrote them.
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                                   saved["params"])}
-  restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target)
+  # Only the parameters, into host memory (numpy) whatever mesh wrote them: no device holds a second,
+  # unsharded copy of the model beside the run's own sharded state.
+  target = {"params": jax.tree.map(lambda m: np.zeros((), m.dtype), saved["params"])}
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True),
       meta=ocp.args.JsonRestore()))

@@ -32,10 +32,12 @@ def tokenizer_from_item(item: dict, cache_dir: str):
     tmp.mkdir(parents=True, exist_ok=True)
     for name, data in item["files"].items():
       (tmp / name).write_bytes(base64.b64decode(data))
-    if directory.exists():  # another process unpacked it meanwhile
+    try:
+      tmp.rename(directory)
+    except OSError:  # another process on this host unpacked it meanwhile: theirs is the same
+      if not (directory / "research_tokenizer.json").exists():
+        raise
       for p in tmp.iterdir():
         p.unlink()
       tmp.rmdir()
-    else:
-      tmp.rename(directory)
   return load_tokenizer(str(directory))

@@ -19,8 +19,6 @@ class ConfigError(ValueError):
 
 
 CHOICES = {
-    "model.arch": ("decoder",),
-    "model.family": ("gpt2", "llama", "mistral", "qwen2", "gemma"),
     "model.mlp_activation": ("gelu_tanh", "gelu", "relu", "swiglu", "geglu"),
     "model.rope_scaling": ("none", "llama3"),
     "model.norm": ("layernorm", "rmsnorm"),
@@ -60,6 +58,14 @@ NON_NEGATIVE = ("model.vocab_size", "model.num_kv_heads", "model.head_dim", "mod
 # '--config.data.val_files=1,2' must give file names, not ints (cli.py parses them as strings).
 STRING_TUPLES = ("data.val_files", "optimizer.no_decay", "finetune.init_new", "finetune.freeze")
 REGEX_TUPLES = ("optimizer.no_decay", "finetune.init_new", "finetune.freeze")
+
+
+def _model_choices(arch: str) -> dict[str, tuple]:
+  """model.arch from the registry, model.family from that architecture's Hugging Face name maps."""
+  from research.models.registry import ARCHITECTURES
+  if arch not in ARCHITECTURES:
+    return {"model.arch": tuple(ARCHITECTURES)}
+  return {"model.arch": tuple(ARCHITECTURES), "model.family": tuple(ARCHITECTURES[arch].hf_families())}
 
 
 def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
@@ -123,7 +129,7 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int, need_data:
         re.compile(pattern)
       except re.error as e:
         raise ConfigError(f"{key}: {pattern!r} is not a regular expression ({e})") from None
-  for key, allowed in CHOICES.items():
+  for key, allowed in {**CHOICES, **_model_choices(values["model.arch"])}.items():
     if values[key] not in allowed:
       raise ConfigError(f"{key}={values[key]!r} is not one of {', '.join(allowed)}")
   for key in POSITIVE:

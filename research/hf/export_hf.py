@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import numpy as np
 
-from research.checkpoint.loading import read_config, restore_params
+from research.checkpoint.loading import read_config, read_tokenizer, restore_params
 from research.hf.families import export_family
 from research.hf.import_hf import SOURCE_CONFIG, abstract_params
 from research.hf.errors import HFConvertError
@@ -31,9 +32,13 @@ def _host_params(checkpoint: str, model_cfg) -> dict:
 
 
 def _source_token_ids(checkpoint: str) -> dict:
+  """bos/eos/pad ids for config.json: an imported model's own, else the checkpoint's tokenizer's (a
+  model trained or finetuned here), so transformers' generate stops at EOS."""
   path = os.path.join(checkpoint_root(checkpoint), SOURCE_CONFIG)
   if not os.path.isfile(path):
-    return {}
+    with tempfile.TemporaryDirectory() as cache:
+      tok = read_tokenizer(checkpoint, cache)
+    return {} if tok is None else {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
   with open(path) as f:
     source = json.load(f)
   return {k: source[k] for k in _TOKEN_IDS if k in source}

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from research.config import validate_config
+from research.train.setup import complete_config
 from research.sharding import make_mesh
 from research.train.program import build_program
 
@@ -46,9 +47,10 @@ def benchmark_compile(cfg, depths: list[int] | tuple[int, ...] = (), repeats: in
   if repeats < 1:
     raise ValueError(f"repeats must be >= 1, got {repeats}")
   devices = jax.devices()
+  complete_config(cfg, len(devices), log=lambda *a: None, need_data=False)  # as training would, once
   depths = [int(d) for d in depths] or [cfg.model.num_layers]
-  for d in depths:
-    validate_config(_variant(cfg, d, True), len(devices), need_data=False)  # before anything compiles
+  for d in depths:  # every variant, before anything compiles
+    validate_config(_variant(cfg, d, True), len(devices), need_data=False)
     validate_config(_variant(cfg, d, False), len(devices), need_data=False)
   mesh = make_mesh(cfg.mesh.shape, devices, cfg.mesh.dcn_shape)
   # A first compile in a process pays one-off costs (tracing caches, XLA start-up): spend them on a

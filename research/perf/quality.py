@@ -21,12 +21,15 @@ class QualityRun:
   published: float | None   # the reference implementation's number, where there is one
   needs_char_data: bool = False  # --config.data.path must point at nanoGPT's tinyshakespeare input.txt
   overrides: tuple[str, ...] = ()
+  starts_from: str = ""     # a run this one finetunes (finetune.init_from its workdir; trained first if absent)
 
 
 RUNS = {
     "nanogpt_char": QualityRun("experiments/nanogpt_shakespeare_char.py", recorded=1.8991, tolerance=0.03,
                                published=1.88, needs_char_data=True),
     "default": QualityRun("experiments/default.py", recorded=4.4144, tolerance=0.02, published=None),
+    "finetune_folio": QualityRun("experiments/finetune_folio.py", recorded=float("nan"), tolerance=0.02,
+                                 published=None, starts_from="default"),
 }
 
 
@@ -39,6 +42,12 @@ def run_quality(names, workdir_root: str, char_data: str = "", seeds=(), log=pri
   if unknown:
     raise ValueError(f"--quality_runs: unknown run(s) {unknown}; choose from {', '.join(RUNS)}")
   results = []
+  names = list(names)
+  for name in list(names):  # a finetuning run's starting point is trained first, unless it is there
+    start = RUNS[name].starts_from
+    if start and start not in names[:names.index(name)] and not all(
+        _finished(workdir_root, start, seed) for seed in seeds or (None,)):
+      names.insert(names.index(name), start)
   for name in names:
     run = RUNS[name]
     overrides = list(run.overrides) + ["--config.train.progress=false", "--config.train.sample_at_end=0"]
@@ -48,8 +57,11 @@ def run_quality(names, workdir_root: str, char_data: str = "", seeds=(), log=pri
                          "(data/shakespeare_char/input.txt of karpathy/nanoGPT)")
       overrides.append(f"--config.data.path={char_data}")
     for seed in seeds or (None,):
-      cfg = load_config(run.config, overrides + ([f"--config.seed={seed}"] if seed is not None else []))
-      workdir = os.path.join(workdir_root, f"{name}-seed{cfg.seed}")
+      extra = [f"--config.seed={seed}"] if seed is not None else []
+      if run.starts_from:  # the starting run of the same seed
+        extra.append(f"--config.finetune.init_from={_workdir(workdir_root, run.starts_from, seed)}")
+      cfg = load_config(run.config, overrides + extra)
+      workdir = _workdir(workdir_root, name, cfg.seed)
       t0 = time.time()
       summary = train(cfg, workdir, log=lambda *a: None, resume="fresh")
       loss = summary["final_eval_loss"]
@@ -62,3 +74,15 @@ def run_quality(names, workdir_root: str, char_data: str = "", seeds=(), log=pri
           f"+- {run.tolerance}; {'ok' if within else 'NOT within tolerance'})")
   return {"mode": "quality", "runs": results,
           "all_within_tolerance": all(r["within_tolerance"] for r in results)}
+
+
+def _workdir(root: str, name: str, seed: int | None) -> str:
+  """A run's workdir: <root>/<name>-seed<seed> (the experiment's own seed by default)."""
+  if seed is None:
+    from research.config.cli import load_config
+    seed = load_config(RUNS[name].config, []).seed
+  return os.path.join(root, f"{name}-seed{seed}")
+
+
+def _finished(root: str, name: str, seed: int | None) -> bool:
+  return os.path.isfile(os.path.join(_workdir(root, name, seed), "summary.json"))

@@ -33,6 +33,7 @@ from research.sharding.mesh import MESH_AXES, resolve_mesh_shape
 from research.sharding.rules import logical_to_spec
 from research.models.registry import abstract_model
 from research.sharding.rules import config_rules
+from research.train.trainable import Partition
 
 
 def _per_token_layer(cfg, policy: str, tensor: int) -> tuple[float, float]:
@@ -68,13 +69,16 @@ def estimate_memory(cfg, mesh_shape, num_devices: int) -> dict:
   _, abstract, names = abstract_model(cfg.model)
   p_bytes = jnp.dtype(DTYPES[cfg.model.param_dtype]).itemsize
   a_bytes = jnp.dtype(DTYPES[cfg.model.dtype]).itemsize
-  sharded = blocks_tensor_split = 0.0
+  frozen = Partition(cfg.finetune.freeze)  # frozen parameters: no gradient, no optimizer state
+  sharded = trainable = blocks_tensor_split = 0.0
   flat_names = dict(_flatten(names))
   for path, leaf in _flatten(abstract):
     spec = logical_to_spec(flat_names[path], rules, mesh, leaf.shape)
     axes = [a for ax in spec if ax for a in ((ax,) if isinstance(ax, str) else ax)]
     n = math.prod(leaf.shape)
     sharded += n / math.prod(shape[a] for a in axes)
+    if not frozen.is_frozen("/".join(str(k) for k in path)):
+      trainable += n / math.prod(shape[a] for a in axes)
     if path[0] == "blocks":  # what an FSDP gather rebuilds: the block weights split only over tensor
       blocks_tensor_split += n / math.prod(shape[a] for a in axes if a == "tensor")
   layers = cfg.model.num_layers
@@ -87,7 +91,7 @@ def estimate_memory(cfg, mesh_shape, num_devices: int) -> dict:
   # (tasks/head_loss.py) holds one chunk's f32 logits and exponentials and its gradient at a time.
   chunks = t.loss_chunks
   logits = tokens * vocab / shape["tensor"] * (4 * 3 if chunks == 0 else (4 + 4 + a_bytes) / chunks)
-  report = {"params": sharded * p_bytes, "optimizer_state": 2 * sharded * p_bytes, "gradients": sharded * 4,
+  report = {"params": sharded * p_bytes, "optimizer_state": 2 * trainable * p_bytes, "gradients": trainable * 4,
             # two layers' gathered weights in flight (the one computing, the next being fetched)
             "gathered_weights": 2 * blocks_tensor_split / layers * a_bytes if shape["fsdp"] > 1 else 0.0,
             "activations": activations, "logits": logits,

@@ -43,7 +43,7 @@ class Task:
   """Base class: a task overrides what its objective needs. Instances are bound to one config."""
 
   name = ""
-  metric_names: tuple[str, ...] = ()   # the keys metrics() returns
+  metric_names: tuple[str, ...] = ()   # the keys metrics() returns, in order; "loss" among them
 
   def __init__(self, cfg):
     self.cfg = cfg
@@ -66,6 +66,10 @@ class Task:
   def synthetic_batch(self, rows: int, seq_len: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Random rows in the batch spec's layout, for benchmarks and tests without data."""
     raise NotImplementedError
+
+  def final_line(self, final: dict, end: dict) -> str:
+    """The run's last result line, from the final evaluation and at_end's entries."""
+    return "final " + ", ".join(f"{k} {v:.4f}" for k, v in final.items())
 
   def at_end(self, host_params, graphdef, data, log) -> dict:
     """Summary entries when training ends (e.g. samples); {} by default. host_params() gathers the

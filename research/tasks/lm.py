@@ -90,6 +90,10 @@ class LanguageModeling(Task):
       b["segment_ids"] = np.ones((rows, seq_len), np.int32)
     return b
 
+  def final_line(self, final, end) -> str:
+    return (f"final eval loss {final['eval_loss']:.4f} nats/token vs unigram entropy "
+            f"{end['unigram_entropy']:.4f} of the training tokens")
+
   def at_end(self, host_params, graphdef, data, log) -> dict:
     t = self.cfg.train
     out = {"unigram_entropy": data.unigram_entropy(), "samples": []}

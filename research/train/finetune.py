@@ -12,8 +12,7 @@ from __future__ import annotations
 import jax
 
 from research.checkpoint import CheckpointError
-from research.checkpoint.loading import read_config, read_tokenizer, restore_params
-from research.config.base import model_defaults
+from research.checkpoint.loading import read_config, read_tokenizer, resolve_step_dir, restore_params
 from research.models.layout import to_layout
 from research.train.trainable import Partition
 
@@ -21,33 +20,62 @@ from research.train.trainable import Partition
 RUNTIME_MODEL_KEYS = ("remat", "scan_layers", "attention_impl", "dtype", "param_dtype", "dropout", "vocab_multiple")
 
 
-def adopt_checkpoint_model(cfg, log) -> None:
-  """cfg.model takes the checkpoint's architecture; each key that changes is logged."""
-  saved = read_config(cfg.finetune.init_from).model
-  defaults = model_defaults()
+def resolve_init_from(cfg) -> None:
+  """finetune.init_from becomes the absolute step directory it names (a workdir's newest step when
+  the run starts), so every read (architecture, tokenizer, parameters) and the saved config agree on
+  one step even while the source run goes on training."""
+  directory, step = resolve_step_dir(cfg.finetune.init_from)
+  cfg.finetune.init_from = f"{directory}/{step}"
+
+
+def adopt_checkpoint_model(cfg, log, source: str | None = None) -> None:
+  """cfg.model takes the architecture of `source` (default finetune.init_from; a resumed finetuning
+  run passes its own checkpoint); each key that changes is logged."""
+  source = source or cfg.finetune.init_from
+  saved = read_config(source).model  # keys added since it was written hold their defaults
   changed = []
   for key in cfg.model:
     if key in RUNTIME_MODEL_KEYS:
       continue
-    value = saved[key] if key in saved else defaults[key]
+    value = saved[key]
     if isinstance(cfg.model[key], tuple) and isinstance(value, list):
       value = tuple(value)
     if cfg.model[key] != value:
       changed.append(f"{key} {cfg.model[key]!r} -> {value!r}")
       cfg.model[key] = value
-  log(f"finetune: the model of {cfg.finetune.init_from} ({saved.get('family', '?')}, {saved.num_layers} layers, "
+  log(f"finetune: the model of {source} ({saved.get('family', '?')}, {saved.num_layers} layers, "
       f"width {saved.embed_dim}, vocab {saved.vocab_size})" + (f"; from the checkpoint: {', '.join(changed)}"
                                                                if changed else ""))
 
 
-def checkpoint_tokenizer(cfg, cache_dir: str, log):
-  """The tokenizer saved with the checkpoint cfg.finetune.init_from starts from."""
-  path = cfg.finetune.init_from
+def checkpoint_tokenizer(cfg, cache_dir: str, log, source: str | None = None):
+  """The tokenizer saved with `source` (default finetune.init_from, the checkpoint the run starts from)."""
+  path = source or cfg.finetune.init_from
   tokenizer = read_tokenizer(path, cache_dir)
   if tokenizer is None:
-    raise CheckpointError(f"finetune.init_from={path}: the checkpoint holds no tokenizer (it was written before "
-                          "checkpoints saved theirs); resave it with a current version, or convert it again")
+    tokenizer = _rebuilt_tokenizer(path, cache_dir)
   log(f"finetune: tokenizer of the checkpoint ({tokenizer.fingerprint}, vocab {tokenizer.vocab_size})")
+  return tokenizer
+
+
+def _rebuilt_tokenizer(path: str, cache_dir: str):
+  """A checkpoint written before checkpoints saved their tokenizer: its own data config's tokenizer,
+  accepted only if it has the fingerprint the checkpoint recorded."""
+  from research.checkpoint.loading import read_meta
+  from research.data.sources import open_sources
+  from research.data.tokenizers import make_tokenizer
+  meta = read_meta(path)
+  saved = read_config(path)
+  try:
+    tokenizer = make_tokenizer(saved.data, open_sources(saved.data, cache_dir, log=lambda *a: None), cache_dir,
+                               log=lambda *a: None)
+  except Exception as e:  # noqa: BLE001 - any reason it cannot be rebuilt gets the same one line
+    raise CheckpointError(f"{path}: the checkpoint holds no tokenizer (written before checkpoints saved theirs) "
+                          f"and its data config's cannot be rebuilt here ({e})") from None
+  if tokenizer.fingerprint != meta.get("tokenizer"):
+    raise CheckpointError(f"{path}: the checkpoint holds no tokenizer (written before checkpoints saved theirs), "
+                          f"and its data config now gives tokenizer {tokenizer.fingerprint}, not the "
+                          f"{meta.get('tokenizer')} it was trained with")
   return tokenizer
 
 
@@ -56,7 +84,7 @@ def load_initial_params(cfg, program, state, host_params, log):
   their fresh initialisation)."""
   path = cfg.finetune.init_from
   new = Partition(cfg.finetune.init_new)
-  init_params = new.split(host_params(state.params))[1] if new.patterns else None
+  init_params = host_params(new.split(state.params)[1]) if new.patterns else None  # only the new leaves
   report: dict = {}
   try:
     params = restore_params(path, program.abstract_params, init_params=init_params, report=report,
@@ -68,7 +96,11 @@ def load_initial_params(cfg, program, state, host_params, log):
   log(f"finetune: parameters from {path}"
       + (f"; initialised fresh (finetune.init_new): {_listing(fresh)}" if fresh else "")
       + (f"; in the checkpoint, not in the model: {_listing(unused)}" if unused else ""))
-  return state.replace(params=jax.device_put(params, program.shardings.params))
+  # Each device takes its own slice of the host arrays (every process holds the same full values), so
+  # nothing is gathered or compared across processes.
+  placed = jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda index: x[index]),
+                        params, program.shardings.params)
+  return state.replace(params=placed)
 
 
 def _listing(paths: list[str], shown: int = 8) -> str:

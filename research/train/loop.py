@@ -40,6 +40,7 @@ class StepLog:
   def evaluate(self, step: int, params) -> dict[str, float]:
     """The task's metrics on the fixed validation batches, written as eval_<name>."""
     metrics = evaluate(self.eval_fn, params, self.eval_batches, self.task.metrics)
+    assert tuple(metrics) == self.task.metric_names, f"{self.task.name}: metrics {tuple(metrics)} vs metric_names"
     self.writer.write(step, {f"eval_{k}": v for k, v in metrics.items()})
     self.progress.write(f"step {step}: " + " ".join(f"eval_{k} {v:.4f}" for k, v in metrics.items()))
     return {f"eval_{k}": v for k, v in metrics.items()}

@@ -11,25 +11,30 @@ from research.tasks import Task, get_task
 
 
 def complete_config(cfg, num_devices: int, log=print, need_data: bool = True,
-                    open_data: Callable | None = None, **validate_kwargs) -> tuple[Task, object]:
+                    open_data: Callable | None = None, model_source: str | None = None,
+                    **validate_kwargs) -> tuple[Task, object]:
   """(task, data pipeline or None): the config validated (for `num_devices`; validate_kwargs such
-  as processes and backend go to validate_config), then `prepare_task`."""
+  as processes and backend go to validate_config), then `prepare_task`. model_source: where a
+  finetuning run reads its architecture and tokenizer (default finetune.init_from; a resumed run
+  gives its own checkpoint, so the checkpoint it started from may have moved)."""
   task = get_task(cfg)  # an unknown task.name is the first error, before anything is read
   written = [f"eval_{m}" for m in task.metric_names]
   if cfg.checkpoint.best_metric not in written:
     raise ConfigError(f"checkpoint.best_metric={cfg.checkpoint.best_metric!r} is not one of {', '.join(written)} "
                       f"(what task {task.name} evaluates)")
-  if cfg.finetune.init_from:  # the architecture the validation checks is the checkpoint's
-    from research.train.finetune import adopt_checkpoint_model
-    adopt_checkpoint_model(cfg, log)
+  if cfg.finetune.init_from or model_source:  # the architecture the validation checks is the checkpoint's
+    from research.train.finetune import adopt_checkpoint_model, resolve_init_from
+    if model_source is None:
+      resolve_init_from(cfg)
+    adopt_checkpoint_model(cfg, log, model_source)
   # The vocabulary, when model.vocab_size is 0, comes from a tokenizer: a checkpoint's, or the corpus'.
-  vocab_from_data = cfg.model.vocab_size == 0 and not cfg.finetune.init_from
+  vocab_from_data = cfg.model.vocab_size == 0 and not (cfg.finetune.init_from or model_source)
   validate_config(cfg, num_devices, need_data=need_data or vocab_from_data, **validate_kwargs)
-  return prepare_task(cfg, log, need_data, open_data, adopt_model=False)
+  return prepare_task(cfg, log, need_data, open_data, adopt_model=False, model_source=model_source)
 
 
 def prepare_task(cfg, log=print, need_data: bool = True, open_data: Callable | None = None,
-                 adopt_model: bool = True) -> tuple[Task, object]:
+                 adopt_model: bool = True, model_source: str | None = None) -> tuple[Task, object]:
   """(task, data pipeline or None), with what the task completes from the tokenizer filled in. The
   data is opened when `need_data`, or when the vocabulary is still unknown (model.vocab_size=0 and
   no checkpoint tokenizer): a dry run with an explicit vocabulary needs no corpus.
@@ -37,12 +42,14 @@ def prepare_task(cfg, log=print, need_data: bool = True, open_data: Callable | N
   adopt_model: take finetune.init_from's architecture (complete_config did it before validating)."""
   task = get_task(cfg)
   tokenizer = None
-  if cfg.finetune.init_from:
+  if cfg.finetune.init_from or model_source:
     from research.data.pipeline import default_cache_dir
     from research.train import finetune
     if adopt_model:
-      finetune.adopt_checkpoint_model(cfg, log)
-    tokenizer = finetune.checkpoint_tokenizer(cfg, cfg.data.cache_dir or default_cache_dir(), log)
+      if model_source is None:
+        finetune.resolve_init_from(cfg)
+      finetune.adopt_checkpoint_model(cfg, log, model_source)
+    tokenizer = finetune.checkpoint_tokenizer(cfg, cfg.data.cache_dir or default_cache_dir(), log, model_source)
   data = None
   if need_data or (cfg.model.vocab_size == 0 and tokenizer is None):
     if open_data is None:

@@ -16,10 +16,6 @@ class Partition:
     self.patterns = tuple(freeze_patterns)
     self._regexes = [re.compile(p) for p in self.patterns]
 
-  @property
-  def everything_trains(self) -> bool:
-    return not self.patterns
-
   def is_frozen(self, path: str) -> bool:
     return any(r.search(path) for r in self._regexes)
 

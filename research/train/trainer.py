@@ -141,7 +141,7 @@ class Run:
   is_main: bool
 
 
-def _setup(cfg, log, dry_run: bool, t_start: float) -> Run:
+def _setup(cfg, log, dry_run: bool, t_start: float, model_source: str | None = None) -> Run:
   """Config completed, program built and the train step compiled."""
   devices = jax.devices()
   warmup, warmup_note = fit_warmup(cfg.optimizer, cfg.train.num_steps)  # a short run of a long experiment
@@ -154,7 +154,8 @@ def _setup(cfg, log, dry_run: bool, t_start: float) -> Run:
   log = log if is_main else (lambda *a, **k: None)
   if warmup_note:
     log(warmup_note)
-  task, data = complete_config(cfg, len(devices), log, need_data=not dry_run, open_data=open_data(log))
+  task, data = complete_config(cfg, len(devices), log, need_data=not dry_run, open_data=open_data(log),
+                               model_source=model_source)
   mesh = make_mesh(cfg.mesh.shape, devices, cfg.mesh.dcn_shape)
   t = cfg.train
   program = build_program(cfg, mesh, task)
@@ -208,7 +209,13 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
         + (f"; the checkpoint of step {step} stays" if step else "") + "; run the same command to start")
     return {"preempted": True, "step": step, "train_seconds": 0.0, "compute": None}
 
-  run = _setup(cfg, log, dry_run, t_start)
+  ckpt_dir = None if dry_run else str(epath.Path(workdir) / "checkpoints")
+  steps = checkpoint_steps(ckpt_dir) if ckpt_dir else []
+  if cfg.finetune.init_from and ckpt_dir and absolute(cfg.finetune.init_from).startswith(ckpt_dir):
+    raise ConfigError(f"finetune.init_from={cfg.finetune.init_from} is inside this run's own workdir; a resume "
+                      "needs no init_from, and --fresh would move it aside before it is read")
+  own = _own_finetune_source(ckpt_dir, steps, resume) if steps and resume != "fresh" else None
+  run = _setup(cfg, log, dry_run, t_start, model_source=own)
   log, program, data, t = run.log, run.program, run.data, cfg.train
   if dry_run:
     return _dry_run_report(run, time.time() - t_start)
@@ -220,7 +227,6 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
   # model): --fresh and a workdir without checkpoints move the old files aside first (nothing to
   # validate); a resume moves newer / unreadable steps aside and trims metrics only after its checks.
   pid, nproc = jax.process_index(), jax.process_count()
-  ckpt_dir = str(epath.Path(workdir) / "checkpoints")
   check_resume(workdir, resume)
   starting_over = resume == "fresh" or not checkpoint_steps(ckpt_dir)
   if run.is_main and starting_over:
@@ -319,6 +325,21 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
   return _wrap_up(run, state, final, train_seconds, compute, streams, workdir)
 
 
+def _own_finetune_source(ckpt_dir: str, steps: list[int], resume) -> str | None:
+  """For a finetuning run that resumes: its own newest step whose metadata reads (the one asked for
+  with --restore_step), where it reads its architecture and tokenizer instead of finetune.init_from,
+  which may have moved since. None when the run was not a finetuning run."""
+  from research.checkpoint.loading import read_config
+  candidates = [resume] if isinstance(resume, int) and resume in steps else sorted(steps, reverse=True)
+  for step in candidates:
+    try:
+      saved = read_config(f"{ckpt_dir}/{step}")
+    except Exception:  # noqa: BLE001 - unreadable: the restore will move it aside; try the next
+      continue
+    return f"{ckpt_dir}/{step}" if saved.finetune.init_from else None
+  return None
+
+
 def _restore_or_init(run: Run, checkpointer, resume, starting_over: bool, ckpt_dir: str):
   """(state, the data iterator's saved state or None, first step): the workdir's checkpoint when
   resuming, else a fresh state (with finetune.init_from's parameters)."""
@@ -347,15 +368,13 @@ def _wrap_up(run: Run, state, final: dict, train_seconds: float, compute, stream
   cfg, log, t = run.cfg, run.log, run.cfg.train
   tokens_seen = t.num_steps * t.batch_size * t.seq_len
   end = run.task.at_end(lambda: host_params(state.params), run.program.graphdef, run.data, log)
-  summary = {"preempted": False, "final_eval_loss": final.get("eval_loss"), "final_eval": final,
+  summary = {"preempted": False, "final_eval_loss": final["eval_loss"], "final_eval": final,
              **end, "steps": t.num_steps, "tokens_seen": tokens_seen, "train_seconds": train_seconds,
              "total_seconds": time.time() - run.t_start, "skipped_steps": int(jax.device_get(state.skipped_steps)),
              "parameters": run.n_params, "flops_per_token": run.fpt, "compute": compute, "data_streams": streams,
              "memory_per_device": run.memory}
-  baseline = (f" vs unigram entropy {end['unigram_entropy']:.4f} of the training tokens"
-              if "unigram_entropy" in end else "")
-  log(f"final eval loss {final.get('eval_loss', float('nan')):.4f} nats/token{baseline} ({t.num_steps} steps, "
-      f"{tokens_seen:,} tokens, {train_seconds:.0f}s training)")
+  log(f"{run.task.final_line(final, end)} ({t.num_steps} steps, {tokens_seen:,} tokens, "
+      f"{train_seconds:.0f}s training)")
   for i, text in enumerate(end.get("samples", [])):
     log(f"--- sample {i + 1} ---\n{text.strip()}")
   if run.is_main:
