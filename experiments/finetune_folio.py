@@ -23,6 +23,7 @@ def get_config():
   c.data.val_files = ("hamlet_gut_f.txt", "twelfe-night_gut_f.txt")
   c.train.num_steps = 200
   c.train.eval_every = 50
+  c.train.eval_at_start = True         # the pretrained model's score on the Folio texts, at step 0
   c.optimizer.learning_rate = 5e-4
   c.optimizer.final_learning_rate = 5e-5
   c.optimizer.warmup_steps = 20

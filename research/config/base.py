@@ -124,6 +124,7 @@ def base_config() -> ml_collections.ConfigDict:
                                  # the sequence (no [B, L, V] logits kept); 0: f32 logits + optax
   c.train.log_every = 10
   c.train.eval_every = 200       # 0: only at the end
+  c.train.eval_at_start = False  # also evaluate before the first step (a finetuning run's starting point)
   c.train.eval_batches = 20      # batches of train.batch_size sequences per evaluation (0: whole split)
   c.train.nonfinite = "stop"     # on a NaN/Inf loss, gradient or updated parameters: stop | skip (skip
                                  # the update, count it)

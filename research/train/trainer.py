@@ -272,6 +272,7 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
     steps = StepLog(cfg, run.task, writer, progress, program.eval_step(), eval_batches, run.fpt, run.peak)
     profiler = StepProfiler(workdir, t.profile_start_step, t.profile_stop_step, log=log)
     data_state_fn = lambda: gather_states(train_iter.get_state())
+    initial = steps.evaluate(0, state.params) if t.eval_at_start and start == 0 else None
     t_loop = time.time()
     pending, preempted, step = None, False, start
     for step in range(start, t.num_steps):
@@ -322,7 +323,7 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
                                                  if start else ""))
   if preempted:
     return {"preempted": True, "step": step + 1, "train_seconds": train_seconds, "compute": compute}
-  return _wrap_up(run, state, final, train_seconds, compute, streams, workdir)
+  return _wrap_up(run, state, final, train_seconds, compute, streams, workdir, initial)
 
 
 def _own_finetune_source(ckpt_dir: str, steps: list[int], resume) -> str | None:
@@ -363,12 +364,13 @@ def _restore_or_init(run: Run, checkpointer, resume, starting_over: bool, ckpt_d
   return state, data_state, start
 
 
-def _wrap_up(run: Run, state, final: dict, train_seconds: float, compute, streams: int, workdir: str) -> dict:
+def _wrap_up(run: Run, state, final: dict, train_seconds: float, compute, streams: int, workdir: str,
+             initial: dict | None) -> dict:
   """The summary (summary.json), with the task's end-of-run entries, and its log lines."""
   cfg, log, t = run.cfg, run.log, run.cfg.train
   tokens_seen = t.num_steps * t.batch_size * t.seq_len
   end = run.task.at_end(lambda: host_params(state.params), run.program.graphdef, run.data, log)
-  summary = {"preempted": False, "final_eval_loss": final["eval_loss"], "final_eval": final,
+  summary = {"preempted": False, "final_eval_loss": final["eval_loss"], "final_eval": final, "initial_eval": initial,
              **end, "steps": t.num_steps, "tokens_seen": tokens_seen, "train_seconds": train_seconds,
              "total_seconds": time.time() - run.t_start, "skipped_steps": int(jax.device_get(state.skipped_steps)),
              "parameters": run.n_params, "flops_per_token": run.fpt, "compute": compute, "data_streams": streams,
