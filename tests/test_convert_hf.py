@@ -298,6 +298,16 @@ def test_finetune_reads_a_converted_model(converted, tiny_cfg, tmp_path):
   assert tokenizer.kind == "hf" and "tokenizer of the checkpoint (hf-" in logs[-1]
   params = restore_params(ckpt, abstract_model(cfg.model)[1], convert=layout.stack_layers)
   assert params["blocks"]["attn"]["q"]["kernel"].shape == (2, 64, 4, 16)
+  # the trainer's start: the run's sharded state takes OUT's parameters
+  from research.sharding import make_mesh
+  from research.train.finetune import load_initial_params
+  from research.train.program import build_program
+  from research.train.trainer import host_params
+  cfg.train.seq_len = min(cfg.train.seq_len, MAX_LEN)
+  program = build_program(cfg, make_mesh((2, 2, 2)))
+  state = load_initial_params(cfg, program, program.init_state(), host_params, logs.append)
+  assert f"finetune: parameters from {ckpt}" in logs[-1]
+  jax.tree.map(np.testing.assert_array_equal, params, jax.device_get(state.params))
 
 
 def test_sharded_export_loads_and_reimports(hf, converted, tmp_path):
