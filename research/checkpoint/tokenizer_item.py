@@ -8,8 +8,6 @@ import base64
 import os
 import tempfile
 
-from etils import epath
-
 
 def tokenizer_item(tokenizer) -> dict:
   """{'fingerprint', 'files': {name: base64}}: what `research.data.tokenizer_store` writes for it."""
@@ -24,20 +22,7 @@ def tokenizer_item(tokenizer) -> dict:
 
 
 def tokenizer_from_item(item: dict, cache_dir: str):
-  """The tokenizer of a saved item, its files unpacked once under <cache>/tokenizers/checkpoint-<fp>/."""
-  from research.data.tokenizer_store import load_tokenizer
-  directory = epath.Path(cache_dir) / "tokenizers" / f"checkpoint-{item['fingerprint']}"
-  if not (directory / "research_tokenizer.json").exists():
-    tmp = epath.Path(f"{directory}.tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    for name, data in item["files"].items():
-      (tmp / name).write_bytes(base64.b64decode(data))
-    try:
-      tmp.rename(directory)
-    except OSError:  # another process on this host unpacked it meanwhile: theirs is the same
-      if not (directory / "research_tokenizer.json").exists():
-        raise
-      for p in tmp.iterdir():
-        p.unlink()
-      tmp.rmdir()
-  return load_tokenizer(str(directory))
+  """The tokenizer of a saved item, its files unpacked once under <cache>/tokenizers/checkpoint-<hash>/."""
+  from research.data.tokenizer_store import cached_files, load_tokenizer
+  contents = {name: base64.b64decode(data) for name, data in item["files"].items()}
+  return load_tokenizer(cached_files(contents, "checkpoint", cache_dir))

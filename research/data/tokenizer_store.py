@@ -132,8 +132,8 @@ def copy_hf_tokenizer_files(hf_dir, directory) -> list[str]:
 
 
 def local_copy(directory, names, cache_dir: str | None = None) -> str:
-  """`directory` itself when local; else a local copy of the files among `names` it holds, made once
-  per content under `<cache_dir>/tokenizers/copied-<hash>` (written to a temporary name, renamed)."""
+  """`directory` itself when local; else a local copy of the files among `names` it holds
+  (`cached_files`, prefix 'copied')."""
   if not is_remote(directory):
     return str(directory)
   from etils import epath
@@ -141,12 +141,19 @@ def local_copy(directory, names, cache_dir: str | None = None) -> str:
   contents = {n: (src / n).read_bytes() for n in names if (src / n).exists()}
   if not contents:
     raise DataError(f"{directory}: none of {', '.join(names)} there")
+  return cached_files(contents, "copied", cache_dir)
+
+
+def cached_files(contents: dict[str, bytes], prefix: str, cache_dir: str | None = None) -> str:
+  """A local directory holding `contents` ({file name: bytes}), made once per content under
+  `<cache_dir>/tokenizers/<prefix>-<hash>` (written to a temporary name and renamed, so a reader never
+  sees half of it and two processes making it at once both end with the same directory)."""
   digest = hashlib.sha256(b"".join(len(n).to_bytes(8, "little") + n.encode() + len(d).to_bytes(8, "little") + d
                                    for n, d in sorted(contents.items()))).hexdigest()[:16]
   if cache_dir is None:
     from research.data.pipeline import default_cache_dir
     cache_dir = default_cache_dir()
-  target = os.path.join(cache_dir, "tokenizers", f"copied-{digest}")
+  target = os.path.join(cache_dir, "tokenizers", f"{prefix}-{digest}")
   if not os.path.isdir(target):
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = tempfile.mkdtemp(dir=os.path.dirname(target), prefix=".copying-")

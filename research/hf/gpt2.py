@@ -8,10 +8,9 @@ are skipped.
 from __future__ import annotations
 
 import math
-import re
 
 from research.hf.config_map import HFConfig, common_model_keys, refuse
-from research.hf.tensor_map import Tensor, linear, same
+from research.hf.tensor_map import Tensor, ignoring, output_head, same
 
 ARCHITECTURE = "GPT2LMHeadModel"
 _ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
@@ -93,11 +92,9 @@ def tensors(cfg) -> list[Tensor]:
             _bias(pre + "mlp.c_proj.bias", b + ("mlp", "down", "bias"), (d,), bias)]
   out += [same("transformer.ln_f.weight", ("final_norm", "scale"), (d,)),
           _bias("transformer.ln_f.bias", ("final_norm", "bias"), (d,), bias)]
-  if not cfg.tie_embeddings:
-    out.append(linear("lm_head.weight", ("lm_head", "kernel"), (d, v), (v, d)))
-  return out
+  return out + output_head(cfg, d, v)
 
 
 def ignored(cfg):
-  pattern = re.compile(r"(^|\.)h\.\d+\.attn\.(bias|masked_bias)$" + ("|^lm_head\\.weight$" if cfg.tie_embeddings else ""))
-  return lambda name: bool(pattern.search(name))
+  """Tensors a file may hold that no parameter reads: the causal-mask buffers, the tied head."""
+  return ignoring(r"(^|\.)h\.\d+\.attn\.(bias|masked_bias)$", cfg)

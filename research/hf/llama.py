@@ -12,10 +12,9 @@ already in the rotate-half order our RoPE uses, so no permutation is needed (the
 """
 from __future__ import annotations
 
-import re
 
 from research.hf.config_map import HFConfig, common_model_keys, refuse, rope_from_hf, rope_to_hf
-from research.hf.tensor_map import Tensor, linear, same
+from research.hf.tensor_map import Tensor, ignoring, linear, output_head, same
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                  "gemma": "GemmaForCausalLM"}
@@ -158,12 +157,9 @@ def tensors(cfg) -> list[Tensor]:
       if all_bias:
         out.append(same(pre + f"mlp.{name}_proj.bias", mlp + (name, "bias"), (shape[1],)))
   out.append(same("model.norm.weight", ("final_norm", "scale"), (d,)))
-  if not cfg.tie_embeddings:
-    out.append(linear("lm_head.weight", ("lm_head", "kernel"), (d, v), (v, d)))
-  return out
+  return out + output_head(cfg, d, v)
 
 
 def ignored(cfg):
   """Tensors a file may hold that no parameter reads: RoPE buffers of old checkpoints, the tied head."""
-  pattern = re.compile(r"(^|\.)rotary_emb\.inv_freq$" + ("|^lm_head\\.weight$" if cfg.tie_embeddings else ""))
-  return lambda name: bool(pattern.search(name))
+  return ignoring(r"(^|\.)rotary_emb\.inv_freq$", cfg)

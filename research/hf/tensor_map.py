@@ -13,6 +13,7 @@ tensors as the map asks for them: shape-checked, converted to one dtype, every f
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Callable
 
 import numpy as np
@@ -112,6 +113,18 @@ class HFTensors:
       more = f" (and {len(left) - 1} more)" if len(left) > 1 else ""
       raise HFConvertError(f"{self.files.where(left[0])}: tensor {left[0]}{more} is not part of a {architecture} "
                            "as config.json describes it; nothing would read it")
+
+
+def output_head(cfg, d: int, v: int) -> list[Tensor]:
+  """The untied output head, as every family stores it ('lm_head.weight' [V, D]); none when tied."""
+  return [] if cfg.tie_embeddings else [linear("lm_head.weight", ("lm_head", "kernel"), (d, v), (v, d))]
+
+
+def ignoring(buffers: str, cfg) -> Callable[[str], bool]:
+  """name -> whether no parameter reads it: the family's buffers (a regex), and a tied model's
+  'lm_head.weight' (a copy of the embedding some files carry)."""
+  pattern = re.compile(buffers + ("|^lm_head\\.weight$" if cfg.tie_embeddings else ""))
+  return lambda name: bool(pattern.search(name))
 
 
 def _set(tree: dict, path: Path, value) -> None:

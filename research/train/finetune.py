@@ -29,9 +29,11 @@ def resolve_init_from(cfg) -> None:
 
 
 def adopt_checkpoint_model(cfg, log, source: str | None = None) -> None:
-  """cfg.model takes the architecture of `source` (default finetune.init_from; a resumed finetuning
-  run passes its own checkpoint); each key that changes is logged."""
-  source = source or cfg.finetune.init_from
+  """cfg.model takes the architecture of `source` (default finetune.init_from, first resolved to its
+  step directory; a resumed finetuning run passes its own checkpoint); each key that changes is logged."""
+  if source is None:
+    resolve_init_from(cfg)
+    source = cfg.finetune.init_from
   saved = read_config(source).model  # keys added since it was written hold their defaults
   changed = []
   for key in cfg.model:

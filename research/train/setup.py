@@ -23,9 +23,7 @@ def complete_config(cfg, num_devices: int, log=print, need_data: bool = True,
     raise ConfigError(f"checkpoint.best_metric={cfg.checkpoint.best_metric!r} is not one of {', '.join(written)} "
                       f"(what task {task.name} evaluates)")
   if cfg.finetune.init_from or model_source:  # the architecture the validation checks is the checkpoint's
-    from research.train.finetune import adopt_checkpoint_model, resolve_init_from
-    if model_source is None:
-      resolve_init_from(cfg)
+    from research.train.finetune import adopt_checkpoint_model
     adopt_checkpoint_model(cfg, log, model_source)
   # The vocabulary, when model.vocab_size is 0, comes from a tokenizer: a checkpoint's, or the corpus'.
   vocab_from_data = cfg.model.vocab_size == 0 and not (cfg.finetune.init_from or model_source)
@@ -46,8 +44,6 @@ def prepare_task(cfg, log=print, need_data: bool = True, open_data: Callable | N
     from research.data.pipeline import default_cache_dir
     from research.train import finetune
     if adopt_model:
-      if model_source is None:
-        finetune.resolve_init_from(cfg)
       finetune.adopt_checkpoint_model(cfg, log, model_source)
     tokenizer = finetune.checkpoint_tokenizer(cfg, cfg.data.cache_dir or default_cache_dir(), log, model_source)
   data = None

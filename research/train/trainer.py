@@ -25,6 +25,7 @@ from research.checkpoint.data_state import gather_states, local_state, saved_num
 from research.checkpoint.loading import checkpoint_steps
 from research.checkpoint.manager import code_version
 from research.checkpoint.resume_checks import check_resumable
+from research.checkpoint.tokenizer_item import tokenizer_item
 from research.config import ConfigError
 from research.models import count_params, flops_per_token
 from research.paths import absolute
@@ -210,11 +211,11 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
     return {"preempted": True, "step": step, "train_seconds": 0.0, "compute": None}
 
   ckpt_dir = None if dry_run else str(epath.Path(workdir) / "checkpoints")
-  steps = checkpoint_steps(ckpt_dir) if ckpt_dir else []
+  saved_steps = checkpoint_steps(ckpt_dir) if ckpt_dir else []
   if cfg.finetune.init_from and ckpt_dir and absolute(cfg.finetune.init_from).startswith(ckpt_dir):
     raise ConfigError(f"finetune.init_from={cfg.finetune.init_from} is inside this run's own workdir; a resume "
                       "needs no init_from, and --fresh would move it aside before it is read")
-  own = _own_finetune_source(ckpt_dir, steps, resume) if steps and resume != "fresh" else None
+  own = _own_finetune_source(ckpt_dir, saved_steps, resume) if saved_steps and resume != "fresh" else None
   run = _setup(cfg, log, dry_run, t_start, model_source=own)
   log, program, data, t = run.log, run.program, run.data, cfg.train
   if dry_run:
@@ -228,11 +229,10 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
   # validate); a resume moves newer / unreadable steps aside and trims metrics only after its checks.
   pid, nproc = jax.process_index(), jax.process_count()
   check_resume(workdir, resume)
-  starting_over = resume == "fresh" or not checkpoint_steps(ckpt_dir)
+  starting_over = resume == "fresh" or not saved_steps
   if run.is_main and starting_over:
     move_previous_run_aside(workdir, log)
   _barrier("previous run moved aside")
-  from research.checkpoint.tokenizer_item import tokenizer_item
   checkpointer = Checkpointer(ckpt_dir, cfg.checkpoint, log=log, tokenizer=tokenizer_item(data.tokenizer))
   start, train_iter, writer, progress, profiler = 0, None, None, None, None
   completed = False
@@ -269,10 +269,10 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
     if skipped_records:
       writer.write(0, {"skipped_records": skipped_records})
     progress = Progress(t.num_steps, start, enabled=run.is_main, live=t.progress and sys.stderr.isatty())
-    steps = StepLog(cfg, run.task, writer, progress, program.eval_step(), eval_batches, run.fpt, run.peak)
+    step_log = StepLog(cfg, run.task, writer, progress, program.eval_step(), eval_batches, run.fpt, run.peak)
     profiler = StepProfiler(workdir, t.profile_start_step, t.profile_stop_step, log=log)
     data_state_fn = lambda: gather_states(train_iter.get_state())
-    initial = steps.evaluate(0, state.params) if t.eval_at_start and start == 0 else None
+    initial = step_log.evaluate(0, state.params) if t.eval_at_start and start == 0 else None
     t_loop = time.time()
     pending, preempted, step = None, False, start
     for step in range(start, t.num_steps):
@@ -280,14 +280,14 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
       state, metrics = run.step_fn(state, program.put_batch(next(train_iter)))
       profiler.after_step(step + 1, metrics)
       if pending is not None:
-        steps.finish(*pending)
+        step_log.finish(*pending)
       pending = (step + 1, metrics)
       eval_metrics = None
       if t.eval_every and (step + 1) % t.eval_every == 0 and step + 1 < t.num_steps:
-        steps.finish(*pending)
+        step_log.finish(*pending)
         pending = None
-        eval_metrics = steps.evaluate(step + 1, state.params)
-        steps.exclude_elapsed()
+        eval_metrics = step_log.evaluate(step + 1, state.params)
+        step_log.exclude_elapsed()
       preempted = watcher.reached(step + 1)
       # The last step is saved at the end, with the final evaluation, unless the run stops here.
       if step + 1 < t.num_steps or not cfg.checkpoint.save_at_end or preempted:
@@ -295,7 +295,7 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
       if preempted:
         break
     if pending is not None:
-      steps.finish(*pending)
+      step_log.finish(*pending)
     train_seconds = time.time() - t_loop
 
     # ---------------------------------------------------------------- end: preempted, or final eval + save
@@ -307,7 +307,7 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
       log(f"preempted: saved step {step + 1} to {ckpt_dir} ({watcher.signal_name or 'SIGTERM'}); "
           "run the same command to resume")
     else:
-      final = steps.evaluate(t.num_steps, state.params)
+      final = step_log.evaluate(t.num_steps, state.params)
       if cfg.checkpoint.save_at_end:
         checkpointer.maybe_save(t.num_steps, state, data_state_fn, meta, force=True, metrics=final)
     completed = True
