@@ -3,10 +3,8 @@
   python scripts/benchmark.py --mode=train --config=experiments/<name>.py [--steps=N] [--config.<key>=...]
       N train steps on synthetic tokens after a warm-up: tokens_per_sec, step_time_ms (median) and its
       spread, mfu, peak_flops, flops_per_token, memory_bytes_per_device.
-      --compare_pytorch: also time Hugging Face GPT-2 + torch.optim.AdamW of the same shapes and
-      optimizer on the same machine, one after the other (GPT-2-style configs; research/perf/pytorch_peer.py;
-      torch and transformers are optional: pip install -r requirements-test.txt), and report
-      pytorch_tokens_per_sec and the ratio.
+      Against PyTorch (Hugging Face GPT-2 + torch.optim.AdamW of the same shapes, a test-only
+      reference): python tests/pytorch_peer.py --config=... [--pytorch_bf16] [--pytorch_compile].
   python scripts/benchmark.py --mode=data --config=experiments/<name>.py [--steps=N]
       the data pipeline alone (read, tokenize, pack/chunk, batch): tokens_per_sec, and the ratio to
       what the train step consumes when --compare_train is set.
@@ -41,10 +39,6 @@ flags.DEFINE_enum("mode", "train", ["train", "data", "compile", "quality"], "Wha
 flags.DEFINE_integer("steps", 20, "Measured steps (train) or batches (data).")
 flags.DEFINE_integer("warmup", 3, "Steps or batches before measuring.")
 flags.DEFINE_bool("compare_train", False, "data mode: also measure the train step and report the ratio.")
-flags.DEFINE_bool("compare_pytorch", False, "train mode: also time a PyTorch (HF GPT-2 + AdamW) step of the "
-                  "same model and optimizer on this machine.")
-flags.DEFINE_bool("pytorch_compile", False, "with --compare_pytorch: torch.compile the PyTorch model.")
-flags.DEFINE_bool("pytorch_bf16", False, "with --compare_pytorch: run PyTorch under bf16 autocast.")
 flags.DEFINE_list("depths", [], "compile mode: model.num_layers values to compile (default: the config's).")
 flags.DEFINE_integer("repeats", 3, "compile mode: compiles per depth and variant (the median is reported).")
 flags.DEFINE_list("quality_runs", None, "quality mode: which runs (default: all of research/perf/quality.py RUNS).")
@@ -89,25 +83,7 @@ def main(_):
   from research.perf.benchmark import benchmark_data, benchmark_train
   cfg = load_config(FLAGS.config, _OVERRIDES)
   if FLAGS.mode == "train":
-    if FLAGS.compare_pytorch:  # checked before the JAX side runs, not after
-      from research.perf import pytorch_peer
-      if missing := pytorch_peer.missing_dependencies():
-        print(f"error: {missing}", file=sys.stderr)
-        sys.exit(1)
-      try:
-        pytorch_peer.check_supported(cfg.model)
-      except ValueError as e:  # a model GPT-2 cannot express
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     result = benchmark_train(cfg, FLAGS.steps, FLAGS.warmup)
-    if FLAGS.compare_pytorch:
-      t = cfg.train
-      peer = pytorch_peer.benchmark_pytorch_gpt2(cfg.model, t.batch_size, t.seq_len, cfg.optimizer, FLAGS.steps,
-                                                 FLAGS.warmup, compile=FLAGS.pytorch_compile,
-                                                 bf16_autocast=FLAGS.pytorch_bf16)
-      result["pytorch"] = peer
-      result["pytorch_tokens_per_sec"] = peer["tokens_per_sec"]
-      result["ratio_to_pytorch"] = result["tokens_per_sec"] / peer["tokens_per_sec"]
   else:
     result = benchmark_data(cfg, FLAGS.steps, FLAGS.warmup)
     if FLAGS.compare_train:

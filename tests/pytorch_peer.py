@@ -1,5 +1,11 @@
-"""A PyTorch peer for the train-step benchmark (`scripts/benchmark.py --compare_pytorch`): Hugging Face
-GPT-2 of the same shapes, on CPU.
+"""A PyTorch peer for the train-step benchmark: Hugging Face GPT-2 of the same shapes, on CPU. A
+test-only reference (torch never enters the runtime), run as its own command:
+
+  python tests/pytorch_peer.py --config=experiments/<name>.py [--steps=N] [--warmup=N] [--pytorch_bf16]
+      [--pytorch_compile] [--config.<key>=...]
+      `scripts/benchmark.py --mode=train` (the same function, research/perf/benchmark.py) and then this
+      peer on the same machine, one after the other: one JSON line with both, pytorch_tokens_per_sec
+      and ratio_to_pytorch.
 
 The step trains exactly `batch_size * seq_len` tokens, as the JAX side does: random tokens of
 length `seq_len + 1` are split into inputs `[:, :-1]` and targets `[:, 1:]`, and the loss is the
@@ -21,7 +27,7 @@ import numpy as np
 # function as "gelu_new" (tanh approximation) but one native kernel instead of ~8 eager ops.
 _ACTIVATIONS = {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu", "relu": "relu"}
 _NO_DECAY = ("transformer.wte.", "transformer.wpe.")  # embeddings; 1-D norms/biases by rank
-MISSING_TORCH = "--compare_pytorch needs torch and transformers: pip install -r requirements-test.txt"
+MISSING_TORCH = "the PyTorch peer needs torch and transformers: pip install -r requirements-test.txt"
 
 
 def missing_dependencies() -> str | None:
@@ -121,3 +127,47 @@ def benchmark_pytorch_gpt2(model_cfg, batch_size: int, seq_len: int, opt_cfg, st
           "tokens_per_sec": batch_size * seq_len / (spread["step_time_ms"] / 1000), **spread,
           "compile": compile, "bf16_autocast": bf16_autocast, "final_loss": losses[-1],
           "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def main(argv=None) -> None:
+  import json
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  sys.path.insert(0, root)
+  from research.perf import host_malloc
+  malloc = host_malloc.configure()  # before JAX starts its CPU client, as scripts/benchmark.py does
+  from absl import app, flags, logging
+  from research.config.cli import absl_flags_parser, load_config
+  flags.DEFINE_string("config", None, "Experiment file, optionally with a variant: experiments/x.py[:arg].")
+  flags.DEFINE_integer("steps", 20, "Measured steps of each side.")
+  flags.DEFINE_integer("warmup", 3, "Steps before measuring.")
+  flags.DEFINE_bool("pytorch_compile", False, "torch.compile the PyTorch model.")
+  flags.DEFINE_bool("pytorch_bf16", False, "Run PyTorch under bf16 autocast.")
+  flags.mark_flags_as_required(["config"])
+  parse, overrides = absl_flags_parser(flags.FLAGS)
+
+  def run(_):
+    f = flags.FLAGS
+    logging.set_verbosity(logging.ERROR)
+    if missing := missing_dependencies():
+      sys.exit(f"error: {missing}")
+    cfg = load_config(f.config, overrides)
+    try:
+      check_supported(cfg.model)  # before the JAX side runs, not after
+    except ValueError as e:
+      sys.exit(f"error: {e}")
+    from research.perf.benchmark import benchmark_train
+    result = benchmark_train(cfg, f.steps, f.warmup)
+    t = cfg.train
+    peer = benchmark_pytorch_gpt2(cfg.model, t.batch_size, t.seq_len, cfg.optimizer, f.steps, f.warmup,
+                                  compile=f.pytorch_compile, bf16_autocast=f.pytorch_bf16)
+    result.update(pytorch=peer, pytorch_tokens_per_sec=peer["tokens_per_sec"],
+                  ratio_to_pytorch=result["tokens_per_sec"] / peer["tokens_per_sec"], config=f.config,
+                  overrides=overrides, host_malloc=malloc, time=time.strftime("%Y-%m-%d %H:%M:%S"))
+    print(json.dumps(result))
+
+  app.run(run, argv=argv, flags_parser=parse)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,4 +1,4 @@
-"""The PyTorch peer of `scripts/benchmark.py --compare_pytorch` builds the same model as ours (the
+"""The PyTorch peer of the train-step benchmark (`tests/pytorch_peer.py`) builds the same model as ours (the
 parameter count matches, tied and untied) and runs its train steps (an untrained loss near ln V)."""
 import math
 
@@ -6,7 +6,7 @@ import pytest
 
 from research.config import base_config
 from research.models import count_params, preset_config
-from research.perf.pytorch_peer import benchmark_pytorch_gpt2
+from tests.pytorch_peer import benchmark_pytorch_gpt2
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
