@@ -52,7 +52,7 @@ def test_glob_and_directory(corpus_dir):
 @pytest.mark.parametrize("setup, message", [
     (lambda d: str(d / "missing.txt"), "no such file or directory"),
     (lambda d: str(d / "*.md"), "the glob matches no files"),
-    (lambda d: (d / "sub").mkdir() or str(d / "sub"), "directory holds no .txt or .jsonl files"),
+    (lambda d: (d / "sub").mkdir() or str(d / "sub"), "directory holds no .txt, .jsonl or .csv files"),
 ])
 def test_bad_paths(tmp_path, setup, message):
   with pytest.raises(DataError, match=message):
@@ -69,6 +69,35 @@ def test_bad_records_name_file_and_line(tmp_path, name, content, message):
   spec = corpus_spec(str(tmp_path / name))
   with pytest.raises(DataError, match=message):
     list(iter_split(spec, "train"))
+
+
+def _label_check(record):
+  if not str(record.get("text", "")).strip():
+    raise ValueError("empty or missing 'text'")
+  return {"text": record["text"], "label": str(record["label"])}
+
+
+def test_records_from_jsonl_and_csv_keep_fields_and_location(tmp_path):
+  from research.data.records import WHERE, Records, parse
+  records = Records("test:text:label", _label_check)
+  (tmp_path / "a.jsonl").write_text('{"text": "one", "label": "x", "id": 1}\n\n{"text": "two", "label": 2}\n')
+  (tmp_path / "b.csv").write_text('text,label\n"multi\nline",y\nthree,x\n')
+  spec = corpus_spec(str(tmp_path), records=records, val_fraction=0.0)
+  docs = [parse(d) for d in _docs(spec, "train")]
+  assert [(d["text"], d["label"]) for d in docs] == [("one", "x"), ("two", "2"), ("multi\nline", "y"),
+                                                     ("three", "x")]
+  assert [d[WHERE].split(os.sep)[-1] for d in docs] == ["a.jsonl:1", "a.jsonl:3", "b.csv:2", "b.csv:4"]
+  other = corpus_spec(str(tmp_path), records=Records("test:body:label", _label_check), val_fraction=0.0)
+  assert other.fingerprint != spec.fingerprint  # another check or field builds another corpus
+  (tmp_path / "b.csv").write_text("text,label\nfine,x\n  ,y\n")
+  with pytest.raises(DataError, match=r"b.csv:3: empty or missing 'text'"):
+    _docs(corpus_spec(str(tmp_path / "b.csv"), records=records), "train")
+  (tmp_path / "c.csv").write_text("text,label\nfine,x,extra\n")
+  with pytest.raises(DataError, match=r"c.csv:2: 3 columns where the header has 2"):
+    _docs(corpus_spec(str(tmp_path / "c.csv"), records=records), "train")
+  (tmp_path / "d.txt").write_text("plain text\n")
+  with pytest.raises(DataError, match=r"d.txt: this task reads records"):
+    corpus_spec(str(tmp_path / "d.txt"), records=records)
 
 
 def test_skip_bad_records_counts_them(tmp_path):

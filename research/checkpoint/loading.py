@@ -17,6 +17,7 @@ from flax import nnx
 
 from research.checkpoint.manager import CheckpointError, _handlers
 from research.models import abstract_model
+from research.tasks import model_extensions
 from research.paths import absolute, is_remote
 from research.treepaths import path_str
 
@@ -169,7 +170,7 @@ def restore_params(path: str, abstract_params, rename: Callable[[str], str | Non
 def load_model(path: str):
   """(model, config) from a workdir or a checkpoint step directory; `model(tokens_BxL)` -> logits_BxLxV."""
   cfg = read_config(path)
-  graphdef, abstract_params, _ = abstract_model(cfg.model)
+  graphdef, abstract_params, _ = abstract_model(cfg.model, model_extensions(cfg))
   params = restore_params(path, abstract_params)
   return nnx.merge(graphdef, jax.tree.map(jnp.asarray, params)), cfg
 
@@ -195,7 +196,7 @@ def export_safetensors(path: str, out: str, dtype: str = "float32") -> tuple[str
   from safetensors.flax import save_file
   out, config_path = export_paths(out)
   cfg = read_config(path)
-  _, abstract_params, _ = abstract_model(cfg.model)
+  _, abstract_params, _ = abstract_model(cfg.model, model_extensions(cfg))
   params = restore_params(path, abstract_params)
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
   tensors = {path_str(p).replace("/", "."): jnp.asarray(v, dtype=jnp.dtype(dtype)) for p, v in flat}

@@ -78,8 +78,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   # Sources: data.mixture if set, else data.tfds_name if set, else the local corpus at data.path.
-  c.data.path = ""               # local corpus: a file, a directory (its .txt/.jsonl) or a glob
-  c.data.format = "auto"         # auto (by extension) | text | jsonl
+  c.data.path = ""               # local corpus: a file, a directory (its .txt/.jsonl/.csv) or a glob
+  c.data.format = "auto"         # auto (by extension) | text | jsonl | csv (a header row)
   c.data.text_field = "text"     # jsonl: the field that holds the text
   c.data.doc_split = "file"      # text: one document per file | blank_lines (paragraphs/speeches)
   c.data.val_files = ()          # file names / globs (matched on the name) held out for validation

@@ -28,7 +28,7 @@ CHOICES = {
     "model.param_dtype": ("float32", "bfloat16"),
     "data.tokenizer": ("byte", "sentencepiece", "bpe", "tiktoken", "hf"),
     "data.tiktoken_pattern": ("gpt2", "cl100k"),
-    "data.format": ("auto", "text", "jsonl"),
+    "data.format": ("auto", "text", "jsonl", "csv"),
     "data.doc_split": ("file", "blank_lines"),
     "data.packing": ("pack", "chunk"),
     "data.spm_model_type": ("unigram", "bpe", "char", "word"),

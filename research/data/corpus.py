@@ -1,7 +1,10 @@
 """Local corpora: resolve `data.path` to files, read documents strictly, split train/validation.
 
-Formats: `.txt` (one document per file, or documents separated by blank lines: `data.doc_split`) and
-`.jsonl` (one JSON object per line, its text in `data.text_field`).
+Formats: `.txt` (one document per file, or documents separated by blank lines: `data.doc_split`),
+`.jsonl` (one JSON object per line, its text in `data.text_field`) and `.csv` (a header row, then one
+record per row). A structured task (`records`, research/data/records.py) reads whole records from
+.jsonl/.csv instead of one text field: each is checked where its file and line are known and stored
+as a JSON document.
 Split rules: with `data.val_files` (names or globs matched on the file name) whole files are held
 out, so nothing of a held-out work leaks into training; otherwise the last `data.val_fraction` of
 each file is validation: of its documents, or of its text (cut at a line break) when the file is a
@@ -14,6 +17,7 @@ mark at the start of a file is not text and is dropped.
 from __future__ import annotations
 
 import codecs
+import csv
 import dataclasses
 import fnmatch
 import functools
@@ -24,13 +28,14 @@ import os
 from typing import Iterator
 
 from research.data.files import dedupe, file_digests, find_files
+from research.data.records import Records, document
 
 
 class DataError(ValueError):
   """Bad input data; the message names the file (and line) or the config key."""
 
 
-FORMATS = ("auto", "text", "jsonl")
+FORMATS = ("auto", "text", "jsonl", "csv")
 DOC_SPLITS = ("file", "blank_lines")
 
 
@@ -46,6 +51,7 @@ class CorpusSpec:
   skip_bad_records: bool = False
   names: tuple[tuple[str, ...], ...] = ()  # per file: every name it is reachable under (links, target)
   digests: tuple[str, ...] = ()            # per file: SHA-256 of its bytes (files.file_digests)
+  records: Records | None = None           # a structured task's record check (None: text documents)
 
   @property
   def fingerprint(self) -> str:
@@ -54,9 +60,12 @@ class CorpusSpec:
     digests = self.digests or file_digests(self.files)
     for f, names, digest in zip(self.files, self.names or [()] * len(self.files), digests):
       h.update(f"{os.path.abspath(f)}\0{'/'.join(names)}\0{digest}\n".encode())
-    settings = dataclasses.asdict(self)
+    settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     for key in ("files", "path", "names", "digests"):
       settings.pop(key)
+    settings["records"] = self.records.key if self.records else None
+    if settings["records"] is None:  # text corpora keep the fingerprints they had before records existed
+      settings.pop("records")
     h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
@@ -81,7 +90,7 @@ def resolve_files(path: str) -> dict[str, tuple[str, ...]]:
   kind, found = find_files(expanded)
   if not found:
     if kind == "dir":
-      raise DataError(f"data.path={path}: directory holds no .txt or .jsonl files")
+      raise DataError(f"data.path={path}: directory holds no .txt, .jsonl or .csv files")
     if glob.has_magic(path):
       raise DataError(f"data.path={path}: the glob matches no files")
     raise DataError(f"data.path={path}: no such file or directory")
@@ -90,12 +99,17 @@ def resolve_files(path: str) -> dict[str, tuple[str, ...]]:
 
 def corpus_spec(path: str, *, format: str = "auto", text_field: str = "text", doc_split: str = "file",
                 val_files=(), val_fraction: float = 0.1, skip_bad_records: bool = False,
-                memo_file: str | None = None) -> CorpusSpec:
+                memo_file: str | None = None, records: Records | None = None) -> CorpusSpec:
   """The corpus at `path`; `memo_file` keeps the files' content hashes between starts."""
   resolved = resolve_files(path)
   files = tuple(resolved)
   spec = CorpusSpec(path, files, format, text_field, doc_split, tuple(val_files), val_fraction,
-                    skip_bad_records, tuple(resolved.values()), file_digests(files, memo_file))
+                    skip_bad_records, tuple(resolved.values()), file_digests(files, memo_file), records)
+  if records is not None:
+    text_files = [f for f in files if _file_format(spec, f) == "text"]
+    if text_files:
+      raise DataError(f"{text_files[0]}: this task reads records with fields from .jsonl or .csv files, "
+                      "not text (data.format=jsonl|csv, or point data.path at those files)")
   for pattern in spec.val_files:
     if not any(fnmatch.fnmatch(name, pattern) for names in spec.names for name in names):
       raise DataError(f"data.val_files: {pattern!r} matches none of the {len(files)} files of data.path={path}")
@@ -105,17 +119,73 @@ def corpus_spec(path: str, *, format: str = "auto", text_field: str = "text", do
   return spec
 
 
-def spec_from_config(data_cfg, path: str | None = None, memo_file: str | None = None) -> CorpusSpec:
+def spec_from_config(data_cfg, path: str | None = None, memo_file: str | None = None,
+                     records: Records | None = None) -> CorpusSpec:
   return corpus_spec(path or data_cfg.path, format=data_cfg.format, text_field=data_cfg.text_field,
                      doc_split=data_cfg.doc_split, val_files=tuple(data_cfg.val_files),
                      val_fraction=data_cfg.val_fraction, skip_bad_records=data_cfg.skip_bad_records,
-                     memo_file=memo_file)
+                     memo_file=memo_file, records=records)
 
 
 def _file_format(spec: CorpusSpec, file: str) -> str:
   if spec.format != "auto":
     return spec.format
+  if file.endswith(".csv"):
+    return "csv"
   return "jsonl" if file.endswith((".jsonl", ".json")) else "text"
+
+
+def _jsonl_records(spec: CorpusSpec, file: str, skipped: "SkipCounter") -> Iterator[tuple[int, dict]]:
+  """(line number, JSON object) of each non-blank line; a line that is not an object is a bad record."""
+  with open(file, "rb") as f:
+    for number, raw in enumerate(f, 1):
+      if not raw.strip():
+        continue
+      if number == 1:
+        raw = raw.removeprefix(codecs.BOM_UTF8)  # a byte-order mark is not part of the text
+      try:
+        record = json.loads(raw.decode("utf-8"))
+      except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        skipped.skip(spec, DataError(f"{file}:{number}: not a JSON object ({str(e).splitlines()[0]})"))
+        continue
+      if not isinstance(record, dict):
+        skipped.skip(spec, DataError(f"{file}:{number}: not a JSON object (a {type(record).__name__})"))
+        continue
+      yield number, record
+
+
+def _csv_records(spec: CorpusSpec, file: str, skipped: "SkipCounter") -> Iterator[tuple[int, dict]]:
+  """(line number where the row starts, {column: value}) of each row after the header."""
+  reader = csv.DictReader(read_text(file).splitlines(keepends=True))
+  if not reader.fieldnames:
+    return
+  start = reader.line_num + 1
+  for row in reader:
+    if None in row or any(v is None for v in row.values()):
+      columns = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None, ()))
+      skipped.skip(spec, DataError(f"{file}:{start}: {columns} columns where the header "
+                                   f"has {len(reader.fieldnames)}"))
+    elif any(v.strip() for v in row.values()):
+      yield start, row
+    start = reader.line_num + 1
+
+
+def _records(spec: CorpusSpec, file: str, skipped: "SkipCounter") -> Iterator[tuple[int, dict]]:
+  kind = _file_format(spec, file)
+  return _csv_records(spec, file, skipped) if kind == "csv" else _jsonl_records(spec, file, skipped)
+
+
+def _checked_documents(spec: CorpusSpec, file: str, skipped: "SkipCounter") -> list[str]:
+  """A structured task's documents: each record checked by spec.records, stored with file:line."""
+  docs = []
+  for number, record in _records(spec, file, skipped):
+    try:
+      fields = spec.records.check(record)
+    except ValueError as e:
+      skipped.skip(spec, DataError(f"{file}:{number}: {e}"))
+      continue
+    docs.append(document(fields, f"{file}:{number}"))
+  return docs
 
 
 def read_text(file: str) -> str:
@@ -153,25 +223,17 @@ class SkipCounter:
 
 
 def _documents(spec: CorpusSpec, file: str, skipped: SkipCounter) -> list[str]:
-  if _file_format(spec, file) == "jsonl":
+  if spec.records is not None:
+    return _checked_documents(spec, file, skipped)
+  if _file_format(spec, file) in ("jsonl", "csv"):
     docs = []
-    with open(file, "rb") as f:
-      for number, raw in enumerate(f, 1):
-        if not raw.strip():
-          continue
-        if number == 1:
-          raw = raw.removeprefix(codecs.BOM_UTF8)  # a byte-order mark is not part of the text
-        try:
-          record = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-          skipped.skip(spec, DataError(f"{file}:{number}: not a JSON object ({str(e).splitlines()[0]})"))
-          continue
-        if not isinstance(record, dict) or not isinstance(record.get(spec.text_field), str):
-          keys = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
-          skipped.skip(spec, DataError(f"{file}:{number}: no string field {spec.text_field!r} "
-                                       f"(data.text_field); it has: {keys}"))
-          continue
-        docs.append(record[spec.text_field])
+    for number, record in _records(spec, file, skipped):
+      if not isinstance(record.get(spec.text_field), str):
+        keys = ", ".join(sorted(record))
+        skipped.skip(spec, DataError(f"{file}:{number}: no string field {spec.text_field!r} "
+                                     f"(data.text_field); it has: {keys}"))
+        continue
+      docs.append(record[spec.text_field])
     return docs
   try:
     text = read_text(file)
@@ -221,7 +283,7 @@ def iter_split(spec: CorpusSpec, split: str, skipped: SkipCounter | None = None)
     docs = _documents(spec, file, skipped)
     if spec.val_files:
       chosen = docs if spec.held_out(file) == (split == "validation") else []
-    elif len(docs) == 1:
+    elif len(docs) == 1 and spec.records is None:
       train, val = _tail_split(docs[0], spec.val_fraction)
       chosen = [val if split == "validation" else train]
     else:

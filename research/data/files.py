@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 
-EXTENSIONS = (".txt", ".jsonl")
+EXTENSIONS = (".txt", ".jsonl", ".csv")
 
 
 def _walk(top: str) -> list[str]:
@@ -72,7 +72,7 @@ def dedupe(paths) -> dict[str, tuple[str, ...]]:
 
 
 def find_files(expanded: str) -> tuple[str, list[str]]:
-  """('dir' | 'glob', paths) for a directory or a glob: a directory's .txt/.jsonl files, recursively."""
+  """('dir' | 'glob', paths) for a directory or a glob: a directory's .txt/.jsonl/.csv files, recursively."""
   if os.path.isdir(expanded):
     return "dir", [f for f in _walk(expanded) if f.endswith(EXTENSIONS)]
   if "**" in expanded:

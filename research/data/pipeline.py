@@ -164,8 +164,8 @@ def build_pipeline(data_cfg, row_format: RowFormat, log=print, tokenizer: Tokeni
   """Sources and tokenizer (`tokenizer`, e.g. a finetuned checkpoint's, or the one data.tokenizer
   names) feeding rows made by `row_format` (the task's)."""
   cache_dir = data_cfg.cache_dir or default_cache_dir()
-  sources = open_sources(data_cfg, cache_dir, log=log)
-  tokenizer = tokenizer or make_tokenizer(data_cfg, sources, cache_dir, log=log)
+  sources = open_sources(data_cfg, cache_dir, log=log, records=row_format.records)
+  tokenizer = tokenizer or make_tokenizer(data_cfg, sources, cache_dir, log=log, records=row_format.records)
   for s in sources:
     log(f"data: {s.name}: {len(s.train):,} train / {len(s.validation):,} validation documents"
         + (f", weight {s.weight:g}" if len(sources) > 1 else "")

@@ -9,7 +9,7 @@ chunked [seq_len] rows of inputs/targets/weights (and positions/segment_ids when
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import grain
 import numpy as np
@@ -24,6 +24,8 @@ class RowFormat:
   encode: Callable[[Tokenizer, str], grain.transforms.Map]
   # (documents, seq_len, seed, num_bins, shuffle_bins) -> rows (dicts of [seq_len] arrays)
   rows: Callable[[grain.IterDataset, int, int, int, bool], grain.IterDataset]
+  # a structured task's record check (research/data/records.py); None: text documents
+  records: Any = None
 
 
 def token_rows(packing: str) -> RowFormat:

@@ -52,17 +52,19 @@ def open_tfds(name: str, data_cfg) -> Source:
   return Source(f"tfds:{name}", splits["train"], splits["validation"], data_cfg.tfds_text_feature, fingerprint)
 
 
-def open_local(path: str, data_cfg, data_dir: str, log=print, memo_file: str | None = None) -> Source:
+def open_local(path: str, data_cfg, data_dir: str, log=print, memo_file: str | None = None,
+               records=None) -> Source:
   from research.data.local_builder import build_local_corpus
-  spec = spec_from_config(data_cfg, path, memo_file=memo_file)
+  spec = spec_from_config(data_cfg, path, memo_file=memo_file, records=records)
   builder = build_local_corpus(spec, data_dir, log=log)
   skipped = builder.skipped_records()
   return Source(path, builder.as_data_source(split="train"), builder.as_data_source(split="validation"),
                 "text", spec.fingerprint, skipped_records=sum(skipped.values()))
 
 
-def open_sources(data_cfg, cache_dir: str, log=print) -> list[Source]:
-  """The configured source(s): `data.mixture` entries, else `data.tfds_name`, else `data.path`."""
+def open_sources(data_cfg, cache_dir: str, log=print, records=None) -> list[Source]:
+  """The configured source(s): `data.mixture` entries, else `data.tfds_name`, else `data.path`.
+  `records` (research/data/records.py): a structured task's check; its records come from local files."""
   entries = list(data_cfg.mixture) or [(f"tfds:{data_cfg.tfds_name}" if data_cfg.tfds_name else data_cfg.path, 1.0)]
   sources = []
   for i, entry in enumerate(entries):
@@ -71,10 +73,13 @@ def open_sources(data_cfg, cache_dir: str, log=print) -> list[Source]:
                       "a local path/glob or tfds:NAME")
     spec, weight = entry
     if spec.startswith("tfds:"):
+      if records is not None:
+        raise DataError(f"{spec}: this task reads records with fields from local .jsonl/.csv files "
+                        "(data.path), not TFDS datasets")
       source = open_tfds(spec[len("tfds:"):], data_cfg)
     else:
       source = open_local(spec, data_cfg, os.path.join(cache_dir, "tfds"), log=log,
-                          memo_file=os.path.join(cache_dir, "file_digests.json"))
+                          memo_file=os.path.join(cache_dir, "file_digests.json"), records=records)
     source.weight = float(weight)
     sources.append(source)
   return sources

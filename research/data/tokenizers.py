@@ -131,9 +131,10 @@ def _train_spm(spm, out, sentence_iterator, vocab_key, **kwargs) -> None:
     raise DataError(f"{vocab_key}={kwargs['vocab_size']}: SentencePiece training failed: {reason}") from None
 
 
-def make_tokenizer(data_cfg, sources, cache_dir: str, log=print) -> Tokenizer:
+def make_tokenizer(data_cfg, sources, cache_dir: str, log=print, records=None) -> Tokenizer:
   """The tokenizer `data.tokenizer` names; SentencePiece trains on up to `data.spm_max_documents`
-  training documents of the source(s) unless `data.spm_model_file` is given."""
+  training documents of the source(s) unless `data.spm_model_file` is given (a structured task's
+  documents through `records.text`: the text its fields hold, not their JSON)."""
   if data_cfg.tokenizer == "byte":
     return ByteTokenizer()
   if data_cfg.tokenizer == "bpe":
@@ -150,13 +151,15 @@ def make_tokenizer(data_cfg, sources, cache_dir: str, log=print) -> Tokenizer:
     raise DataError(f"data.tokenizer={data_cfg.tokenizer!r} is not one of byte, sentencepiece, bpe, tiktoken, hf")
   if data_cfg.spm_model_file:
     return SentencePieceTokenizer(data_cfg.spm_model_file)
+  from research.data.records import parse
   from research.data.sources import text_of
   per_source = max(1, data_cfg.spm_max_documents // len(sources))
 
   def texts():
     for s in sources:
       for i in range(min(len(s.train), per_source)):
-        yield text_of(s.train[i], s.feature)
+        text = text_of(s.train[i], s.feature)
+        yield records.text(parse(text)) if records is not None else text
 
   fingerprint = hashlib.sha256("|".join(s.fingerprint for s in sources).encode()).hexdigest()[:16]
   return SentencePieceTokenizer.train_or_load(texts(), f"{fingerprint}-{per_source}", cache_dir,

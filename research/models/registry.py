@@ -7,7 +7,7 @@ checkpoint) asks here, so a new architecture is one entry, not an edit in each c
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from flax import nnx
 
@@ -42,8 +42,14 @@ def get_architecture(name: str) -> Architecture:
   return ARCHITECTURES[name]
 
 
-def build_model(model_cfg, rngs: nnx.Rngs) -> nnx.Module:
-  return get_architecture(model_cfg.arch).build(model_cfg, rngs=rngs)
+def build_model(model_cfg, rngs: nnx.Rngs, extensions: Sequence[Callable] = ()) -> nnx.Module:
+  """The architecture's module, then each of `extensions` (module, rngs) -> None in order: what a run
+  adds to the backbone in place (a task's head, adapters), so the backbone's parameter paths stay
+  those of its checkpoints (research.tasks.model_extensions(cfg) lists a run's)."""
+  model = get_architecture(model_cfg.arch).build(model_cfg, rngs=rngs)
+  for extend in extensions:
+    extend(model, rngs)
+  return model
 
 
 def count_params(model_cfg) -> int:
@@ -54,9 +60,9 @@ def flops_per_token(model_cfg, seq_len: int) -> float:
   return get_architecture(model_cfg.arch).flops_per_token(model_cfg, seq_len)
 
 
-def abstract_model(model_cfg) -> tuple[nnx.GraphDef, Any, Any]:
+def abstract_model(model_cfg, extensions: Sequence[Callable] = ()) -> tuple[nnx.GraphDef, Any, Any]:
   """(graphdef, abstract params as a pure dict, logical axis names as a matching pure dict)."""
-  model = nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0)))
+  model = nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0), extensions))
   graphdef, params = nnx.split(model, nnx.Param)
   names: dict = {}
   for path, variable in nnx.to_flat_state(params):

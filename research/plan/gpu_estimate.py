@@ -32,6 +32,7 @@ from research.models.layers import DTYPES
 from research.sharding.mesh import MESH_AXES, resolve_mesh_shape
 from research.sharding.rules import logical_to_spec
 from research.models.registry import abstract_model
+from research.tasks import model_extensions
 from research.sharding.rules import config_rules
 from research.train.trainable import Partition
 
@@ -66,7 +67,7 @@ def estimate_memory(cfg, mesh_shape, num_devices: int) -> dict:
   shape = dict(zip(MESH_AXES, resolve_mesh_shape(mesh_shape, num_devices)))
   mesh = types.SimpleNamespace(shape=shape)
   rules = config_rules(cfg)
-  _, abstract, names = abstract_model(cfg.model)
+  _, abstract, names = abstract_model(cfg.model, model_extensions(cfg))
   p_bytes = jnp.dtype(DTYPES[cfg.model.param_dtype]).itemsize
   a_bytes = jnp.dtype(DTYPES[cfg.model.dtype]).itemsize
   frozen = Partition(cfg.finetune.freeze)  # frozen parameters: no gradient, no optimizer state

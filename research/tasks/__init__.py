@@ -18,4 +18,11 @@ def get_task(cfg) -> Task:
   return TASKS[name](cfg)
 
 
-__all__ = ["Field", "Task", "TASKS", "get_task"]
+def model_extensions(cfg) -> tuple:
+  """What a run adds to its backbone (research.models.build_model's `extensions`): the task's own
+  parameters (a classifier head). Every builder of a run's model (the train state, the program's
+  abstract model, loading a checkpoint, the planner) passes these, so they all build the same one."""
+  return tuple(get_task(cfg).model_extensions())
+
+
+__all__ = ["Field", "Task", "TASKS", "get_task", "model_extensions"]

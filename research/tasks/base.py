@@ -48,8 +48,14 @@ class Task:
   def __init__(self, cfg):
     self.cfg = cfg
 
-  def prepare(self, cfg, tokenizer) -> None:
-    """Completes `cfg` once the tokenizer is known (None: a dry run with an explicit vocabulary)."""
+  def prepare(self, cfg, tokenizer, data=None) -> None:
+    """Completes `cfg` once the tokenizer is known (None: a dry run with an explicit vocabulary);
+    `data` is the run's DataPipeline when it was opened (e.g. to read the labels), else None."""
+
+  def model_extensions(self) -> tuple:
+    """Callables (model, rngs) -> None that add this task's parameters to the backbone in place (a
+    classifier head); () for tasks that use the backbone as it is."""
+    return ()
 
   def batch_spec(self) -> dict[str, Field]:
     raise NotImplementedError

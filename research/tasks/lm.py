@@ -56,7 +56,7 @@ class LanguageModeling(Task):
   name = "lm"
   metric_names = ("loss", "perplexity")
 
-  def prepare(self, cfg, tokenizer) -> None:
+  def prepare(self, cfg, tokenizer, data=None) -> None:
     if tokenizer is not None:
       resolve_vocab(cfg, tokenizer)
 

@@ -13,6 +13,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from research.models import abstract_model
+from research.tasks import model_extensions
 from research.sharding import activation_rules, config_rules, logical_to_spec
 from research.train.optimizer import make_optimizer
 from research.train.state import TrainState, make_init_fn, state_shardings
@@ -40,7 +41,8 @@ class TrainProgram:
       return jax.jit(self._init_fn(), out_shardings=self.shardings)()
 
   def _init_fn(self):
-    return make_init_fn(self.cfg.model, self.optimizer, self.cfg.seed, self.partition)
+    return make_init_fn(self.cfg.model, self.optimizer, self.cfg.seed, self.partition,
+                        model_extensions(self.cfg))
 
   def abstract_batch(self, batch_size: int, seq_len: int) -> dict:
     """The task's batch spec as sharded ShapeDtypeStructs."""
@@ -94,7 +96,7 @@ def build_program(cfg, mesh: jax.sharding.Mesh, task=None) -> TrainProgram:
     from research.tasks import get_task
     task = get_task(cfg)
   rules = config_rules(cfg)
-  graphdef, abstract_params, names = abstract_model(cfg.model)
+  graphdef, abstract_params, names = abstract_model(cfg.model, model_extensions(cfg))
   partition = Partition(cfg.finetune.freeze)
   partition.check(abstract_params)
   trainable, _ = partition.split(abstract_params)

@@ -54,5 +54,5 @@ def prepare_task(cfg, log=print, need_data: bool = True, open_data: Callable | N
     else:
       data = open_data(cfg, task.row_format(), tokenizer)
     tokenizer = data.tokenizer
-  task.prepare(cfg, tokenizer)
+  task.prepare(cfg, tokenizer, data)
   return task, data

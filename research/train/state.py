@@ -45,12 +45,12 @@ def state_shardings(mesh, rules, optimizer: optax.GradientTransformation, abstra
                     skipped_steps=replicated)
 
 
-def make_init_fn(model_cfg, optimizer, seed: int, partition: Partition):
+def make_init_fn(model_cfg, optimizer, seed: int, partition: Partition, extensions=()):
   """A function () -> TrainState, to be jitted with out_shardings so each device makes only its shards."""
 
   def init() -> TrainState:
     params_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
-    model = build_model(model_cfg, nnx.Rngs(params=params_key))
+    model = build_model(model_cfg, nnx.Rngs(params=params_key), extensions)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     trainable, _ = partition.split(params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(trainable),
