@@ -28,6 +28,9 @@ def complete_config(cfg, num_devices: int, log=print, need_data: bool = True,
   # The vocabulary, when model.vocab_size is 0, comes from a tokenizer: a checkpoint's, or the corpus'.
   vocab_from_data = cfg.model.vocab_size == 0 and not (cfg.finetune.init_from or model_source)
   validate_config(cfg, num_devices, need_data=need_data or vocab_from_data, **validate_kwargs)
+  if cfg.train.early_stopping_patience and not cfg.checkpoint.keep_best:
+    cfg.checkpoint.keep_best = 1  # early stopping returns to its best step: the checkpoints must keep it
+    log("checkpoint: keep_best=1, so early stopping keeps the best step to restore")
   return prepare_task(cfg, log, need_data, open_data, adopt_model=False, model_source=model_source)
 
 
