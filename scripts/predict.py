@@ -26,6 +26,8 @@ FLAGS = flags.FLAGS
 
 def main(_):
   logging.set_verbosity(logging.ERROR)
+  from research.plan.targets import quiet_libtpu_without_tpu
+  quiet_libtpu_without_tpu()  # libtpu installed for planning, no TPU here: no start-up noise
   from research.checkpoint import CheckpointError
   from research.data.corpus import DataError
   from research.infer.classify import predict_file

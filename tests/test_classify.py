@@ -110,8 +110,10 @@ def test_class_weighted_loss_and_confusion_by_hand(tmp_path):
   batch["mask"][:, 5:] = 0
   batch["weight"][-1] = 0.0  # a padding row: no loss, no count
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
-  loss_sum, weight_sum, sums = task.loss(model, batch, None)
-  logits = np.asarray(task.logits(model, batch, None), np.float64)
+  graphdef, params = nnx.split(model)
+  both = jax.jit(lambda p, b: (task.loss(nnx.merge(graphdef, p), b, None), task.logits(nnx.merge(graphdef, p), b, None)))
+  (loss_sum, weight_sum, sums), logits = both(params, batch)
+  logits = np.asarray(logits, np.float64)
   labels, weight = np.asarray(batch["label"]), np.asarray(batch["weight"])
   ce = -(logits[np.arange(6), labels] - np.log(np.exp(logits).sum(-1)))
   assert float(loss_sum) == pytest.approx((ce * task.class_weights()[labels] * weight).sum(), rel=1e-5)

@@ -111,6 +111,8 @@ def predict_file(checkpoint: str, input_path: str, out_path: str, text_field: st
                  batch_size: int = 32, log=print) -> int:
   """Writes one JSON line per text of `input_path`: {"text", "label", "probabilities": {label: p}}.
   text_field defaults to the run's data.text_field. Returns the number of texts."""
+  if not os.path.isfile(input_path):
+    raise DataError(f"{input_path}: no such file (the texts to classify)")
   classifier = Classifier(checkpoint, batch_size)
   texts = read_texts(input_path, text_field or classifier.cfg.data.text_field)
   log(f"predict: {len(texts):,} texts of {input_path} with {classifier.path} ({classifier.source}), "

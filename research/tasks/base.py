@@ -53,6 +53,11 @@ class Task:
     """Completes `cfg` once the tokenizer is known (None: a dry run with an explicit vocabulary);
     `data` is the run's DataPipeline when it was opened (e.g. to read the labels), else None."""
 
+  def prepare_reads_data(self) -> bool:
+    """Whether prepare() needs the data even when the run reads no batches (a dry run): a classifier
+    whose labels come from the training split."""
+    return False
+
   def adopt_checkpoint(self, cfg, saved_cfg, log) -> None:
     """Takes what this task needs from the config of the checkpoint a finetuning run starts from (or,
     resuming, its own), beside its architecture (e.g. a classifier's labels); nothing by default."""

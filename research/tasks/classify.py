@@ -132,8 +132,8 @@ class Classification(Task):
       cfg.finetune.init_new = tuple(cfg.finetune.init_new) + (f"^{HEAD_NAME}/",)
     if data is None:
       if not cfg.classify.labels:
-        raise ConfigError("task.name=classify without data (a dry run) needs classify.labels: the head's "
-                          "classes come from the training split otherwise")
+        raise ConfigError("task.name=classify without data needs classify.labels: the head's classes come "
+                          "from the training split otherwise")
       return
     train = [r for s in data.sources for r in split_records(s.train)]
     validation = [r for s in data.sources for r in split_records(s.validation)]
@@ -160,6 +160,9 @@ class Classification(Task):
                    + cfg.classify.class_weights]
     self._notes += [_truncation_note(split, records, tokenizer, cfg.train.seq_len)
                     for split, records in (("training", train), ("validation", validation))]
+
+  def prepare_reads_data(self) -> bool:
+    return not self.cfg.classify.labels
 
   def adopt_checkpoint(self, cfg, saved_cfg, log) -> None:
     """A classifier's checkpoint (finetune.init_from, or a finetuning run's own on resume) brings its
