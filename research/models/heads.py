@@ -81,3 +81,9 @@ def head_params(embed_dim: int, num_classes: int, pooling: str) -> int:
   """The head's parameter count (exact; the trainer checks it against the built model)."""
   attention = embed_dim * embed_dim + 2 * embed_dim if pooling == "attention" else 0
   return attention + embed_dim * num_classes + num_classes
+
+
+def head_flops_per_example(embed_dim: int, num_classes: int, pooling: str, seq_len: int) -> float:
+  """Training FLOPs (forward + backward, 6 per multiply-add of a matmul) of the head for one row."""
+  attention = seq_len * (embed_dim * embed_dim + embed_dim) if pooling == "attention" else 0
+  return 6.0 * (attention + embed_dim * num_classes)

@@ -76,6 +76,12 @@ class Task:
     architecture's count plus these against the built model."""
     return 0
 
+  def flops_per_token(self, seq_len: int) -> float:
+    """Training FLOPs per token of this task's model (the architecture's count, research/models:
+    backbone and language-model head)."""
+    from research.models import flops_per_token
+    return flops_per_token(self.cfg.model, seq_len)
+
   def batch_spec(self) -> dict[str, Field]:
     raise NotImplementedError
 

@@ -32,7 +32,7 @@ from research.data.corpus import DataError
 from research.data.records import WHERE, Records, parse
 from research.data.rows import RowFormat, Tokenize
 from research.data.sources import text_of
-from research.models.heads import HEAD_NAME, ClassifierHead, head_params
+from research.models.heads import HEAD_NAME, ClassifierHead, head_flops_per_example, head_params
 from research.tasks import classification_metrics as cm
 from research.tasks.base import Field, Task, token_field
 from research.tasks.lm import resolve_vocab
@@ -146,7 +146,7 @@ class Classification(Task):
         if r["label"] not in known:
           shown = ", ".join(labels[:12]) + (", ..." if len(labels) > 12 else "")
           raise DataError(f"{r[WHERE]}: label {r['label']!r} of the {split} split is not one of the "
-                            f"{len(labels)} labels of {source} ({shown})")
+                          f"{len(labels)} labels of {source} ({shown})")
     if len(labels) < 2:
       raise DataError(f"{source} holds one label ({labels[0]!r}); classification needs two or more")
     counts = {label: 0 for label in labels}
@@ -188,6 +188,12 @@ class Classification(Task):
 
   def extension_params(self) -> int:
     return head_params(self.cfg.model.embed_dim, len(self.labels), self.cfg.classify.pooling)
+
+  def flops_per_token(self, seq_len: int) -> float:
+    """The backbone's without the language-model head (never run here), plus the classifier head's."""
+    m = self.cfg.model
+    head = head_flops_per_example(m.embed_dim, len(self.labels), self.cfg.classify.pooling, seq_len)
+    return super().flops_per_token(seq_len) - 6.0 * m.embed_dim * m.vocab_size + head / seq_len
 
   def batch_spec(self) -> dict[str, Field]:
     per_row = lambda dtype: Field(("batch",), np.dtype(dtype), ("act_batch",))

@@ -27,7 +27,7 @@ from research.checkpoint.manager import code_version
 from research.checkpoint.resume_checks import check_resumable
 from research.checkpoint.tokenizer_item import tokenizer_item
 from research.config import ConfigError
-from research.models import count_params, flops_per_token
+from research.models import count_params
 from research.paths import absolute
 from research.perf.compiled import compiler_flops, format_memory, memory_report
 from research.sharding import make_mesh
@@ -164,7 +164,7 @@ def _setup(cfg, log, dry_run: bool, t_start: float, model_source: str | None = N
   n_params = count_params(cfg.model) + task.extension_params()
   n_actual = sum(math.prod(x.shape) for x in jax.tree.leaves(program.abstract_params))
   assert n_params == n_actual, f"count_params={n_params} disagrees with the model's {n_actual}"
-  fpt = flops_per_token(cfg.model, t.seq_len)
+  fpt = task.flops_per_token(t.seq_len)
   peak, peak_source = mfu_lib.peak_flops(devices, cfg.model.dtype)
 
   log("config:\n" + str(cfg))
