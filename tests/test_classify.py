@@ -236,3 +236,28 @@ def test_genre_experiment_labels_every_folio_play_and_splits_by_play(tmp_path, m
                for r in records)
   assert plays["val"] == set(exp.VALIDATION_PLAYS) and not plays["train"] & plays["val"]
   assert plays["train"] | plays["val"] == set(exp.FOLIO_GENRES)
+
+
+def test_a_classifier_resumed_from_a_middle_step_ends_bit_for_bit_the_same(tmp_path):
+  """As after a SIGKILL past step 4: the rows, the dropout and the early-stopping counter continue
+  exactly (checkpoint meta), so the resumed run ends with the same parameters and metrics."""
+  from research.checkpoint.loading import read_config, restore_params
+  from research.models import abstract_model
+  from research.tasks import model_extensions
+  from research.train.trainer import train
+  cfg = _classify_cfg(_write_labelled(tmp_path / "data"), str(tmp_path / "cache"))
+  cfg.classify.dropout, cfg.model.dropout, cfg.classify.class_weights = 0.2, 0.1, "balanced"
+  cfg.train.num_steps, cfg.train.eval_every, cfg.train.eval_batches, cfg.train.sample_at_end = 8, 2, 0, 0
+  cfg.train.early_stopping_patience, cfg.checkpoint.best_metric, cfg.checkpoint.best_mode = 3, "eval_f1", "max"
+  cfg.checkpoint.every_steps, cfg.checkpoint.async_save, cfg.optimizer.l1 = 2, False, 1e-4
+  workdir = str(tmp_path / "run")
+  whole = train(cfg.copy_and_resolve_references(), workdir, log=lambda *a: None)
+  moved = []
+  resumed = train(cfg.copy_and_resolve_references(), workdir, resume=4, log=moved.append)
+  assert any("resumed from step 4" in str(line) for line in moved)
+  assert resumed["final_eval"] == whole["final_eval"] and resumed.get("best_step") == whole.get("best_step")
+  (aside,) = [p for p in os.listdir(workdir) if p.startswith("checkpoints.after-4")]
+  saved = read_config(workdir)
+  _, abstract, _ = abstract_model(saved.model, model_extensions(saved))
+  before, after = (restore_params(os.path.join(workdir, d, "8"), abstract) for d in (aside, "checkpoints"))
+  jax.tree.map(np.testing.assert_array_equal, before, after)
