@@ -14,7 +14,6 @@ from flax import nnx
 from research.config import ConfigError, validate_config
 from research.data import build_pipeline
 from research.data.corpus import DataError
-from research.models import build_model
 from research.models.heads import ClassifierHead, pool
 from research.tasks import get_task
 from research.tasks import classification_metrics as cm
@@ -98,13 +97,25 @@ def test_pooling_modes_read_only_the_text_tokens():
     assert not np.allclose(head(jnp.asarray(x), mask, jax.random.PRNGKey(1)), out)  # dropout when training
 
 
+class _Lookup(nnx.Module):
+  """A stand-in backbone: hidden states looked up from a table (the loss's arithmetic is what is tested)."""
+
+  def __init__(self, vocab, dim):
+    self.table = nnx.Param(jax.random.normal(jax.random.PRNGKey(0), (vocab, dim)))
+
+  def hidden_states(self, tokens_BxL, dropout_rng=None):
+    return self.table[...][tokens_BxL]
+
+
 def test_class_weighted_loss_and_confusion_by_hand(tmp_path):
   cfg = _classify_cfg(str(tmp_path), str(tmp_path / "cache"))
   cfg.model.vocab_size = 259
   cfg.classify.labels, cfg.classify.label_counts, cfg.classify.class_weights = ("a", "b", "c"), (6, 3, 1), "balanced"
   task = get_task(cfg)
   np.testing.assert_allclose(task.class_weights(), [10 / 18, 10 / 9, 10 / 3], rtol=1e-6)
-  model = build_model(cfg.model, nnx.Rngs(0), task.model_extensions())
+  model = _Lookup(259, cfg.model.embed_dim)
+  (add_head,) = task.model_extensions()
+  add_head(model, nnx.Rngs(1))
   assert sum(x.size for x in jax.tree.leaves(nnx.state(model.cls_head, nnx.Param))) == task.extension_params()
   batch = task.synthetic_batch(6, 8, np.random.default_rng(0))
   batch["mask"][:, 5:] = 0
@@ -181,34 +192,40 @@ def test_config_errors_name_the_key(tmp_path):
 
 
 # ------------------------------------------------------------------ a finetuning run, then predictions
-def test_classifier_finetuned_from_an_lm_checkpoint_reports_and_predicts(pretrained, tmp_path):
-  from research.checkpoint.loading import read_config
+def test_classifier_finetuned_from_an_lm_checkpoint_reports_predicts_and_resumes_exactly(pretrained, tmp_path):
+  from research.checkpoint.loading import read_config, restore_params
   from research.infer.classify import predict_file
+  from research.models import abstract_model
+  from research.tasks import model_extensions
   from research.train.trainer import train
   pre_cfg, pre_dir = pretrained
   data_dir = _write_labelled(tmp_path / "data")
   cfg = pre_cfg.copy_and_resolve_references()
   cfg.task.name, cfg.data.packing, cfg.data.path, cfg.data.val_files = "classify", "pad", data_dir, ("val.jsonl",)
   cfg.finetune.init_from = pre_dir
-  cfg.classify.pooling = "mean"
+  cfg.classify.pooling, cfg.classify.class_weights, cfg.optimizer.l1 = "mean", "balanced", 1e-5
   cfg.train.num_steps, cfg.train.eval_every, cfg.train.eval_batches, cfg.train.log_every = 8, 4, 0, 4
-  cfg.optimizer.learning_rate, cfg.optimizer.warmup_steps, cfg.checkpoint.async_save = 1e-2, 2, False
+  cfg.train.early_stopping_patience, cfg.checkpoint.best_metric, cfg.checkpoint.best_mode = 3, "eval_f1", "max"
+  cfg.optimizer.learning_rate, cfg.optimizer.warmup_steps = 1e-2, 2
+  cfg.checkpoint.every_steps, cfg.checkpoint.async_save = 4, False
   logs = []
-  summary = train(cfg, str(tmp_path / "run"), log=logs.append)
+  workdir = tmp_path / "run"
+  summary = train(cfg.copy_and_resolve_references(), str(workdir), log=logs.append)
   text = "\n".join(map(str, logs))
   assert "initialised fresh (finetune.init_new): cls_head/" in text
   assert "classify: 3 labels from the training split; training examples land" in text
   final = summary["final_eval"]
   assert set(final) == {"eval_loss", "eval_accuracy", "eval_precision", "eval_recall", "eval_f1"}
   assert summary["majority_baseline"]["label"] in LABEL_WORDS and summary["labels"] == sorted(LABEL_WORDS)
-  assert tuple(read_config(str(tmp_path / "run")).classify.labels) == tuple(sorted(LABEL_WORDS))
-  report = json.loads((tmp_path / "run" / "eval" / "8.json").read_text())
+  assert tuple(read_config(str(workdir)).classify.labels) == tuple(sorted(LABEL_WORDS))
+  best = summary["best_step"]
+  report = json.loads((workdir / "eval" / f"{best}.json").read_text())
   assert report["f1"] == pytest.approx(final["eval_f1"]) and np.sum(report["confusion_matrix"]) == 24
-  assert set(report["per_class"]) == set(LABEL_WORDS) and (tmp_path / "run" / "eval" / "4.json").exists()
-  assert (tmp_path / "run" / "eval" / "confusion_8.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  # predictions from the checkpoint: the same rows as evaluation, so the same accuracy
+  assert set(report["per_class"]) == set(LABEL_WORDS) and (workdir / "eval" / "4.json").exists()
+  assert (workdir / "eval" / f"confusion_{best}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # predictions from the checkpoint (the best step): the same rows as evaluation, so the same accuracy
   out = tmp_path / "predictions.jsonl"
-  assert predict_file(str(tmp_path / "run"), os.path.join(data_dir, "val.jsonl"), str(out), log=lambda *a: None) == 24
+  assert predict_file(str(workdir), os.path.join(data_dir, "val.jsonl"), str(out), log=lambda *a: None) == 24
   lines = [json.loads(line) for line in out.read_text().splitlines()]
   truth = [json.loads(line)["label"] for line in open(os.path.join(data_dir, "val.jsonl"))]
   assert all(sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-5) for p in lines)
@@ -216,7 +233,16 @@ def test_classifier_finetuned_from_an_lm_checkpoint_reports_and_predicts(pretrai
   assert np.mean([p["label"] == t for p, t in zip(lines, truth)]) == pytest.approx(final["eval_accuracy"])
   (tmp_path / "texts.csv").write_text('text,other\n"wave, salt",1\n,2\n')
   with pytest.raises(DataError, match=r"texts.csv:3: the text column 'text' is empty"):
-    predict_file(str(tmp_path / "run"), str(tmp_path / "texts.csv"), str(out), log=lambda *a: None)
+    predict_file(str(workdir), str(tmp_path / "texts.csv"), str(out), log=lambda *a: None)
+  # as after a SIGKILL past step 4: rows, dropout and the early-stopping counter (checkpoint meta)
+  # continue exactly, so the resumed run ends with the same parameters and metrics
+  resumed = train(cfg.copy_and_resolve_references(), str(workdir), resume=4, log=logs.append)
+  assert (resumed["final_eval"], resumed["best_step"]) == (final, best)
+  (aside,) = [p for p in os.listdir(workdir) if p.startswith("checkpoints.after-4")]
+  saved = read_config(str(workdir))
+  abstract = abstract_model(saved.model, model_extensions(saved))[1]
+  before, after = (restore_params(str(workdir / d / "8"), abstract) for d in (aside, "checkpoints"))
+  jax.tree.map(np.testing.assert_array_equal, before, after)
 
 
 # ------------------------------------------------------------------ the experiment's data
@@ -237,27 +263,3 @@ def test_genre_experiment_labels_every_folio_play_and_splits_by_play(tmp_path, m
   assert plays["val"] == set(exp.VALIDATION_PLAYS) and not plays["train"] & plays["val"]
   assert plays["train"] | plays["val"] == set(exp.FOLIO_GENRES)
 
-
-def test_a_classifier_resumed_from_a_middle_step_ends_bit_for_bit_the_same(tmp_path):
-  """As after a SIGKILL past step 4: the rows, the dropout and the early-stopping counter continue
-  exactly (checkpoint meta), so the resumed run ends with the same parameters and metrics."""
-  from research.checkpoint.loading import read_config, restore_params
-  from research.models import abstract_model
-  from research.tasks import model_extensions
-  from research.train.trainer import train
-  cfg = _classify_cfg(_write_labelled(tmp_path / "data"), str(tmp_path / "cache"))
-  cfg.classify.dropout, cfg.model.dropout, cfg.classify.class_weights = 0.2, 0.1, "balanced"
-  cfg.train.num_steps, cfg.train.eval_every, cfg.train.eval_batches, cfg.train.sample_at_end = 8, 2, 0, 0
-  cfg.train.early_stopping_patience, cfg.checkpoint.best_metric, cfg.checkpoint.best_mode = 3, "eval_f1", "max"
-  cfg.checkpoint.every_steps, cfg.checkpoint.async_save, cfg.optimizer.l1 = 2, False, 1e-4
-  workdir = str(tmp_path / "run")
-  whole = train(cfg.copy_and_resolve_references(), workdir, log=lambda *a: None)
-  moved = []
-  resumed = train(cfg.copy_and_resolve_references(), workdir, resume=4, log=moved.append)
-  assert any("resumed from step 4" in str(line) for line in moved)
-  assert resumed["final_eval"] == whole["final_eval"] and resumed.get("best_step") == whole.get("best_step")
-  (aside,) = [p for p in os.listdir(workdir) if p.startswith("checkpoints.after-4")]
-  saved = read_config(workdir)
-  _, abstract, _ = abstract_model(saved.model, model_extensions(saved))
-  before, after = (restore_params(os.path.join(workdir, d, "8"), abstract) for d in (aside, "checkpoints"))
-  jax.tree.map(np.testing.assert_array_equal, before, after)
