@@ -62,7 +62,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = model_defaults()
 
   c.task = ml_collections.ConfigDict()
-  c.task.name = "lm"             # the objective (research/tasks): lm (next-token prediction)
+  c.task.name = "lm"             # the objective (research/tasks): lm (next-token prediction) | sft
+                                 # (supervised finetuning: the loss on replies to prompts)
+
+  c.sft = ml_collections.ConfigDict()  # task.name=sft (research/tasks/sft.py)
+  c.sft.template = "auto"        # the chat template: auto (the tokenizer's own, from its tokenizer_config.json /
+                                 # chat_template.jinja) | chatml | llama3 | plain ("### Instruction:" /
+                                 # "### Response:", for tokenizers trained here; research/data/chat_templates.py)
+  c.sft.train_on = "response"    # response: the loss on the replies (each ending with EOS) alone | all: every token
+  c.sft.system_prompt = ""       # a system message put first in every conversation without one ("": none)
+  c.sft.prompt_field = "prompt"  # a one-turn record's prompt (user) ...
+  c.sft.response_field = "response"  # ... and its reply (assistant)
+  c.sft.messages_field = "messages"  # a conversation: [{"role": system|user|assistant, "content": ...}, ...]
 
   c.finetune = ml_collections.ConfigDict()
   # Start from another run's parameters: a workdir (its newest step), a step directory, or a converted
@@ -92,6 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tfds_text_feature = "text"
   c.data.mixture = ()            # ((source, weight), ...): source is a local path/glob or "tfds:NAME"
   c.data.packing = "pack"        # pack (whole documents, segment ids, no cross-document attention) | chunk
+                                 # (lm: concatenated, cut into rows) | pad (sft: one example per row)
   c.data.shuffle_rows = 1024     # training rows are shuffled in windows of this many rows (per stream) after
                                  # packing/chunking, so a document longer than a row is not read in order
                                  # (memory: about rows x seq_len x 20 bytes per stream); 0 or 1: off

@@ -30,7 +30,9 @@ CHOICES = {
     "data.tiktoken_pattern": ("gpt2", "cl100k"),
     "data.format": ("auto", "text", "jsonl", "csv"),
     "data.doc_split": ("file", "blank_lines"),
-    "data.packing": ("pack", "chunk"),
+    "data.packing": ("pack", "chunk", "pad"),
+    "sft.train_on": ("response", "all"),
+    "sft.template": ("auto", "chatml", "llama3", "plain"),  # research/data/chat_templates.py's, and auto
     "data.spm_model_type": ("unigram", "bpe", "char", "word"),
     "train.nonfinite": ("stop", "skip"),
     "model.remat": ("none", "full", "dots_saveable", "dots_no_batch_saveable", "attn_out_saveable",
@@ -58,6 +60,21 @@ NON_NEGATIVE = ("model.vocab_size", "model.num_kv_heads", "model.head_dim", "mod
 # '--config.data.val_files=1,2' must give file names, not ints (cli.py parses them as strings).
 STRING_TUPLES = ("data.val_files", "optimizer.no_decay", "finetune.init_new", "finetune.freeze")
 REGEX_TUPLES = ("optimizer.no_decay", "finetune.init_new", "finetune.freeze")
+
+
+# data.packing per task: documents are cut into rows (lm), examples never are (sft).
+TASK_PACKINGS = {"lm": ("pack", "chunk"), "sft": ("pack", "pad")}
+
+
+def _check_task_data(cfg) -> None:
+  """What the task's rows need from data.packing, and the sft.* keys."""
+  allowed = TASK_PACKINGS.get(cfg.task.name)
+  if allowed and cfg.data.packing not in allowed:
+    raise ConfigError(f"data.packing={cfg.data.packing} does not fit task.name={cfg.task.name}; it takes "
+                      f"{' | '.join(allowed)}")
+  for key in ("prompt_field", "response_field", "messages_field"):
+    if not cfg.sft[key]:
+      raise ConfigError(f"sft.{key} is empty; it names a field of the records")
 
 
 def _model_choices(arch: str) -> dict[str, tuple]:
@@ -225,6 +242,7 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int, need_data:
   if cfg.data.tokenizer == "hf" and not cfg.data.tokenizer_dir:
     raise ConfigError("data.tokenizer=hf needs data.tokenizer_dir: a Hugging Face tokenizer directory "
                       "(tokenizer.json, vocab.json + merges.txt, or tokenizer.model)")
+  _check_task_data(cfg)
   if need_data and not (cfg.data.path or cfg.data.tfds_name or cfg.data.mixture):
     raise ConfigError("data.path is empty (and no data.tfds_name or data.mixture); give a text file, "
                       "a directory or a glob")

@@ -7,8 +7,9 @@ are shared (research/train, research/checkpoint) and call into the task.
 from research.config import ConfigError
 from research.tasks.base import Field, Task
 from research.tasks.lm import LanguageModeling
+from research.tasks.sft import SupervisedFinetuning
 
-TASKS = {"lm": LanguageModeling}
+TASKS = {"lm": LanguageModeling, "sft": SupervisedFinetuning}
 
 
 def get_task(cfg) -> Task:
