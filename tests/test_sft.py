@@ -168,6 +168,12 @@ def test_only_replies_and_their_eos_train(hf_tok):
   assert (ids == hf_tok.eos_id).sum() == len(messages) and trained.sum() == sum(
       len(hf_tok.encode_with_special_tokens(r + "<|im_end|>\n")) for r in replies)
   assert hf_tok.decode(ids[trained]) == "".join(r + "\n" for r in replies)
+  # what a model answers at generation (the end-of-run samples): the ids before the last reply
+  encoder = ConversationEncoder(byte, chat_template("plain", byte))
+  ids, trained = encoder(messages)
+  reply_starts = [i for i in range(len(ids)) if trained[i] and not trained[i - 1]]
+  assert encoder.prompt(messages) == ids[:reply_starts[-1]].tolist()
+  assert byte.decode(encoder.prompt(messages)).endswith("a grey sky\n\n### Response:\n")
   # the encode map: weights are the targets' mask; the first token is no target
   example = _encode(byte, chat_template("plain", byte), messages, seq_len=512)
   ids, trained = ConversationEncoder(byte, chat_template("plain", byte))(messages)

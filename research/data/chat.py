@@ -106,8 +106,8 @@ class ChatTemplate:
       upto = self.render(messages[:i + 1])
       if not (before.startswith(done) and upto.startswith(before) and full.startswith(upto)):
         raise ValueError(f"sft.template={self.name}: the template renders the conversation before message {i} "
-                         "differently once a reply follows, so the reply's tokens cannot be told from the prompt's "
-                         "(sft.train_on=all trains every token, or choose another sft.template)")
+                         "differently once a reply follows, so the reply's tokens cannot be told from the prompt's; "
+                         f"choose another sft.template ({', '.join(TEMPLATE_CHOICES)})")
       if len(upto) == len(before):
         raise ValueError(f"sft.template={self.name}: the template renders nothing for the reply in message {i}")
       out += [(before[len(done):], False), (upto[len(before):], True)]

@@ -128,8 +128,8 @@ def pad_example(example: dict, seq_len: int) -> dict:
     raise ValueError(f"an example of {n} tokens does not fit a row of {seq_len}; the encode map cuts it first")
   padded = lambda x, dtype: np.pad(np.asarray(x, dtype), (0, seq_len - n))
   return {"inputs": padded(example["inputs"], np.int32), "targets": padded(example["targets"], np.int32),
-          "weights": padded(example["weights"], np.float32), "positions": np.arange(seq_len, dtype=np.int32) * (
-              np.arange(seq_len) < n), "segment_ids": (np.arange(seq_len) < n).astype(np.int32)}
+          "weights": padded(example["weights"], np.float32), "positions": padded(np.arange(n), np.int32),
+          "segment_ids": padded(np.ones(n), np.int32)}
 
 
 def _packed_examples_to_batch(row: dict) -> dict:
