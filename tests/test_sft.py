@@ -91,7 +91,8 @@ def hf_dir(tmp_path_factory):
   tok = Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
-  texts = [" ".join(WORDS), "system user assistant model ### Instruction: Response: You are Qwen, created by Alibaba Cloud. You are a helpful assistant."] * 4
+  texts = [" ".join(WORDS), "system user assistant model ### Instruction: Response: You are Qwen, created by "
+                            "Alibaba Cloud. You are a helpful assistant."] * 4
   tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=420, special_tokens=SPECIALS, show_progress=False,
                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
   tok.save(str(d / "tokenizer.json"))
@@ -244,7 +245,8 @@ def test_packed_rows_give_each_example_the_loss_and_gradient_of_its_own_row(hf_t
   for i, example in enumerate(examples):
     n = len(example["inputs"])
     found = [(r, s) for r, row in enumerate(packed) for s in set(row["segment_ids"].tolist()) - {0}
-             if (row["segment_ids"] == s).sum() == n and (row["inputs"][row["segment_ids"] == s] == example["inputs"]).all()]
+             if (row["segment_ids"] == s).sum() == n
+             and (row["inputs"][row["segment_ids"] == s] == example["inputs"]).all()]
     assert len(found) == 1, f"example {i} is not one whole segment of the packed rows"
     r, s = found[0]
     segment = packed[r]["segment_ids"] == s

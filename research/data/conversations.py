@@ -31,7 +31,8 @@ class CheckRecord:
     if field in record:
       messages = record[field]
       if not isinstance(messages, list) or not messages:
-        raise ValueError(f"{field!r} (sft.messages_field) must be a non-empty list of {{\"role\", \"content\"}} objects")
+        raise ValueError(f"{field!r} (sft.messages_field) must be a non-empty list of "
+                         "{\"role\", \"content\"} objects")
       out = []
       for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
