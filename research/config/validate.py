@@ -52,12 +52,12 @@ NON_NEGATIVE = ("model.vocab_size", "model.num_kv_heads", "model.head_dim", "mod
                 "checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.keep_every_steps",
                 "checkpoint.keep_best", "data.streams", "data.shuffle_rows", "train.profile_start_step",
                 "train.profile_stop_step", "train.cost_per_device_hour",
-                "train.max_consecutive_skips", "model.sliding_window")
+                "train.max_consecutive_skips", "model.sliding_window", "lora.rank")
 
 # Tuple keys whose elements are strings: an empty default says nothing about the element type, and
 # '--config.data.val_files=1,2' must give file names, not ints (cli.py parses them as strings).
-STRING_TUPLES = ("data.val_files", "optimizer.no_decay", "finetune.init_new", "finetune.freeze")
-REGEX_TUPLES = ("optimizer.no_decay", "finetune.init_new", "finetune.freeze")
+STRING_TUPLES = ("data.val_files", "optimizer.no_decay", "finetune.init_new", "finetune.freeze", "lora.targets")
+REGEX_TUPLES = ("optimizer.no_decay", "finetune.init_new", "finetune.freeze", "lora.targets")
 
 
 def _model_choices(arch: str) -> dict[str, tuple]:
@@ -164,6 +164,14 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int, need_data:
     backend = backend or jax.default_backend()
     if backend != "gpu":
       raise ConfigError(f"model.attention_impl=cudnn needs a GPU, this run is on {backend}; use xla")
+  lora = cfg.lora
+  if lora.rank:
+    if lora.alpha <= 0:
+      raise ConfigError(f"lora.alpha={lora.alpha} must be > 0 (the update's scale is alpha / rank)")
+    if not 0.0 <= lora.dropout < 1.0:
+      raise ConfigError(f"lora.dropout={lora.dropout} must be in [0, 1)")
+    if not lora.targets:
+      raise ConfigError("lora.targets is empty; give regexes of kernel paths, e.g. 'attn/(q|v)/kernel$'")
   if t.seq_len > m.max_seq_len:
     raise ConfigError(f"train.seq_len={t.seq_len} exceeds the model's context model.max_seq_len="
                       f"{m.max_seq_len}")
