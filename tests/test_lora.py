@@ -93,19 +93,24 @@ def test_bad_targets_are_one_line():
     abstract_model(model_cfg, [lora_extension(_lora_cfg(targets=("kernel$",)))])
 
 
-def test_the_base_gets_no_gradient_and_no_optimizer_state(tiny_cfg):
+def test_the_base_gets_no_gradient_and_no_optimizer_state(tiny_cfg, monkeypatch):
   """The optimizer state holds Adam's two moments of the adapters and nothing of the base, the
   gradient is taken of the adapters alone, and the compiled step does no base weight-gradient
-  matmuls (its FLOPs drop by about a third)."""
-  from research.perf.compiled import compiler_flops
+  matmuls (its FLOPs drop by about a third): scripts/benchmark.py --mode=lora's two steps."""
+  from research.perf.benchmark import benchmark_lora
+  from research.train import mfu
+  monkeypatch.setattr(mfu, "peak_flops", lambda devices, dtype: (1e12, "test"))  # no 8-device matmul timing
   tiny_cfg.model.vocab_size = 256
-  flops = {}
-  for rank in (0, 4):
-    cfg = tiny_cfg.copy_and_resolve_references()
-    cfg.lora.rank = rank
-    task, _ = complete_config(cfg, 8, log=lambda *a: None, need_data=False)
-    program = build_program(cfg, make_mesh((-1, 1, 1)), task)
-    flops[rank] = compiler_flops(program.compile_train_step())
+  r = benchmark_lora(tiny_cfg, steps=1, warmup=1, rank=4)
+  full, lora = r["full"], r["lora"]
+  assert lora["compiler_flops_per_step"] < 0.8 * full["compiler_flops_per_step"], r
+  assert lora["memory_per_device"]["optimizer_state"] < 0.2 * full["memory_per_device"]["optimizer_state"]
+  assert r["speedup"] > 0 and r["memory_ratio"] > 0
+
+  cfg = tiny_cfg.copy_and_resolve_references()
+  cfg.lora.rank = 4
+  task, _ = complete_config(cfg, 8, log=lambda *a: None, need_data=False)
+  program = build_program(cfg, make_mesh((-1, 1, 1)), task)
   state = program.abstract_state()
   adapters = adapter_count(state.params)
   trainable, frozen = program.partition.split(state.params)
@@ -116,7 +121,9 @@ def test_the_base_gets_no_gradient_and_no_optimizer_state(tiny_cfg):
   opt_elements = sum(x.size for x in jax.tree.leaves(state.opt_state))
   scalars = sum(1 for x in jax.tree.leaves(state.opt_state) if x.size == 1)
   assert opt_elements == 2 * adapters + scalars
-  assert flops[4] < 0.8 * flops[0], flops
+  # What the checkpoints hold: the adapters alone.
+  saved = program.checkpoint_view(state).params
+  assert sum(x.size for x in jax.tree.leaves(saved)) == adapters
 
 
 def _copy_base(pretrained, tmp_path):
@@ -177,3 +184,80 @@ def test_lora_run_saves_adapters_resumes_exactly_and_refuses_a_changed_base(pret
   shutil.copytree(str(tmp_path / "changed" / "checkpoints" / "0"), f"{base}/checkpoints/24")
   with pytest.raises(CheckpointError, match=rf"{workdir}.*trained on the base {base}/checkpoints/24 .*changed"):
     research.load_model(workdir)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hugging Face: the merged export and PEFT's adapter against our merged model.
+
+# gpt2: q and v (c_attn of rank 2r, k's block zero) and attention's c_proj, not the MLP's; llama
+# and gemma (H * Dh != D): every projection.
+PEFT_CASES = {"gpt2": (r"attn/(q|v|o)/kernel$", r"mlp/up/kernel$"),
+              "llama": base_config().lora.targets, "gemma": base_config().lora.targets}
+
+
+@pytest.mark.parametrize("name", list(PEFT_CASES))
+def test_peft_adapter_and_merged_export_match_our_merged_model(name, tmp_path):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  peft = pytest.importorskip("peft")
+  from research.checkpoint.loading import read_config
+  from research.checkpoint.lora_params import base_record
+  from research.hf.export_hf import export_hf
+  from research.hf.import_hf import import_hf
+  from research.hf.peft_export import export_peft
+  from tests.test_convert_hf import F32, _hf_configs, _perturb
+
+  torch.manual_seed(0)
+  reference = transformers.AutoModelForCausalLM.from_config(_hf_configs()[name], attn_implementation="eager")
+  reference = reference.to(F32).eval()
+  _perturb(reference)
+  hf_dir = str(tmp_path / "hf")
+  reference.save_pretrained(hf_dir)
+  import_hf(hf_dir, str(tmp_path / "base"))
+  base_step = str(tmp_path / "base" / "checkpoints" / "0")
+
+  # A LoRA run's checkpoint on that base: its adapters (B made nonzero) and the base's record.
+  cfg = read_config(base_step)
+  cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets = 4, 12.0, PEFT_CASES[name]
+  cfg.finetune.init_from = base_step
+  model = build_model(cfg.model, nnx.Rngs(3), model_extensions(cfg))
+  params = _randomise_b(nnx.to_pure_dict(nnx.state(model, nnx.Param)), seed=2)
+  save_params_checkpoint(str(tmp_path / "lora"), _only_adapters(params), cfg, lora_base=base_record(base_step))
+  lora_dir = str(tmp_path / "lora")
+
+  merged, merged_cfg = research.load_model(lora_dir, merge=True)
+  tokens = np.random.default_rng(0).integers(3, 300, size=(2, 16))
+  graphdef, state = nnx.split(merged)
+  ours = np.asarray(jax.jit(lambda s, t: nnx.merge(graphdef, s)(t))(state, jnp.asarray(tokens, jnp.int32)))
+  with torch.no_grad():
+    base_logits = reference(input_ids=torch.from_numpy(tokens)).logits.numpy()
+  assert np.abs(ours - base_logits).max() > 1e-2   # the adapters matter
+
+  export_hf(lora_dir, str(tmp_path / "merged"))
+  merged_hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"), dtype=F32,
+                                                               attn_implementation="eager").eval()
+  export_peft(lora_dir, str(tmp_path / "adapter"))
+  config = __import__("json").load(open(tmp_path / "adapter" / "adapter_config.json"))
+  assert config["base_model_name_or_path"] == hf_dir
+  base_hf = transformers.AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"], dtype=F32,
+                                                             attn_implementation="eager").eval()
+  with_adapter = peft.PeftModel.from_pretrained(base_hf, str(tmp_path / "adapter")).eval()
+  with torch.no_grad():
+    for ref in (merged_hf, with_adapter):
+      diff = np.abs(ours - ref(input_ids=torch.from_numpy(tokens)).logits.numpy()).max()
+      assert diff <= 1e-4, f"{type(ref).__name__}: max |ours merged - hf| = {diff:.2e}"
+  if name == "gpt2":
+    assert config["target_modules"] == ["attn.c_attn", "attn.c_proj", "mlp.c_fc"]
+    assert config["rank_pattern"] == {"attn.c_attn": 8} and config["alpha_pattern"] == {"attn.c_attn": 24.0}
+
+
+def _only_adapters(params):
+  if not isinstance(params, dict):
+    return params
+  out = {}
+  for k, v in params.items():
+    if k == "lora":
+      out[k] = v
+    elif isinstance(v, dict) and (sub := _only_adapters(v)):
+      out[k] = sub
+  return out
