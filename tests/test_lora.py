@@ -62,8 +62,8 @@ def _join(rest, params):
           for k in rest} if isinstance(rest, dict) else params
 
 
-@pytest.mark.parametrize("family,scan", [("gpt2", False), ("llama", True)])
-def test_fresh_adapters_are_the_base_and_merging_equals_base_plus_adapter(family, scan):
+def test_fresh_adapters_are_the_base_and_merging_equals_base_plus_adapter(family="llama", scan=True):
+  """Stacked blocks (scan_layers) with a gated MLP; the per-layer layout is merged in the PEFT tests."""
   model_cfg = _tiny_model_cfg(family, scan)
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, 96, (2, 12)), jnp.int32)
   base = build_model(model_cfg, nnx.Rngs(0))
@@ -176,6 +176,14 @@ def test_lora_run_saves_adapters_resumes_exactly_and_refuses_a_changed_base(pret
   np.testing.assert_allclose(np.asarray(merged(tokens)), np.asarray(model(tokens)), atol=2e-5, rtol=2e-5)
   base_model, _ = research.load_model(base)
   assert np.abs(np.asarray(base_model(tokens)) - np.asarray(merged(tokens))).max() > 1e-3
+  # scripts/export.py's safetensors: the merged kernels, the config without adapters
+  from safetensors.numpy import load_file
+  from research.checkpoint.loading import export_safetensors
+  out, config_path = export_safetensors(workdir, str(tmp_path / "export" / "model"))
+  exported = load_file(out)
+  assert not [k for k in exported if ".lora." in k]
+  np.testing.assert_array_equal(exported["blocks.attn.q.kernel"], np.asarray(merged.blocks.attn.q.kernel[...]))
+  assert __import__("json").load(open(config_path))["lora"]["rank"] == 0
 
   # The base changes under the adapters (another checkpoint in its place): every read refuses it.
   changed = jax.tree.map(lambda x: np.asarray(x) * 1.01, read_saved_params(base)[0])

@@ -70,7 +70,7 @@ def estimate_memory(cfg, mesh_shape, num_devices: int) -> dict:
   _, abstract, names = abstract_model(cfg.model, model_extensions(cfg))
   p_bytes = jnp.dtype(DTYPES[cfg.model.param_dtype]).itemsize
   a_bytes = jnp.dtype(DTYPES[cfg.model.dtype]).itemsize
-  frozen = run_partition(cfg)  # frozen parameters (finetune.freeze, a LoRA base): no gradient, no optimizer state
+  frozen = run_partition(cfg)  # frozen (finetune.freeze, a LoRA base): no gradient, no optimizer state
   sharded = trainable = blocks_tensor_split = 0.0
   flat_names = dict(_flatten(names))
   for path, leaf in _flatten(abstract):

@@ -6,6 +6,9 @@ The architecture and the tokenizer are the checkpoint's (a model reads text only
 to); the experiment keeps its runtime choices (remat, scan_layers, attention_impl, dtypes, dropout).
 Scanned and per-layer layouts are converted; parameters the checkpoint lacks are initialised only
 where `finetune.init_new` allows it; anything else that does not fit is one line naming the keys.
+A LoRA run (lora.rank > 0) starts its adapters fresh on the checkpoint's parameters, which stay
+frozen; its checkpoints leave them out, so its resume reads them again (`with_lora_base`) from the
+path its checkpoint records. A LoRA run's checkpoint as init_from reads as its merged model.
 """
 from __future__ import annotations
 
@@ -94,8 +97,8 @@ def load_initial_params(cfg, program, state, host_params, log):
     params = restore_params(path, program.abstract_params, init_params=init_params, report=report,
                             convert=_to_run_layout(cfg))
   except CheckpointError as e:
-    raise CheckpointError(f"finetune.init_from={path}: {e}"
-                          + ("" if cfg.finetune.init_new else " (finetune.init_new names parameters to initialise fresh)"))
+    hint = "" if cfg.finetune.init_new else " (finetune.init_new names parameters to initialise fresh)"
+    raise CheckpointError(f"finetune.init_from={path}: {e}{hint}")
   unused, fresh = report["unused"], [p for p in report["initialised"] if not is_adapter(p)]
   adapted = (len(report["initialised"]) - len(fresh)) // 2   # a and b per kernel
   log(f"finetune: parameters from {path}"
@@ -108,7 +111,7 @@ def load_initial_params(cfg, program, state, host_params, log):
 def with_lora_base(cfg, program, state, record: dict):
   """A LoRA run's restored `state` (its params: the run's own, as its checkpoints hold them) joined
   with the frozen base read from record['path'] (checked against its fingerprint by the caller)."""
-  own, base = lora_own(cfg), None
+  own = lora_own(cfg)
   base_abstract = own.split(program.abstract_params)[1]
   try:
     base = restore_params(record["path"], base_abstract, convert=_to_run_layout(cfg))

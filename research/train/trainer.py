@@ -181,7 +181,8 @@ def _setup(cfg, log, dry_run: bool, t_start: float, model_source: str | None = N
   adapters = adapter_count(program.abstract_params)
   log(f"task: {task.name}; model: {cfg.model.arch} ({cfg.model.family}), {n_params:,} parameters"
       + (f" ({frozen:,} frozen)" if frozen else "")
-      + (f" + {adapters:,} in LoRA adapters (rank {cfg.lora.rank})" if adapters else "") + f", {fpt / 1e6:.2f} MFLOPs/token "
+      + (f" + {adapters:,} in LoRA adapters (rank {cfg.lora.rank})" if adapters else "")
+      + f", {fpt / 1e6:.2f} MFLOPs/token "
       f"(training, causal attention halved); peak {peak / 1e9:.0f} GFLOP/s ({peak_source})")
 
   t_compile = time.time()
