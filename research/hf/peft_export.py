@@ -22,7 +22,7 @@ from research.checkpoint.loading import read_config, read_meta, read_saved_param
 from research.checkpoint.lora_params import BASE_KEY
 from research.hf.errors import HFConvertError
 from research.hf.families import export_family
-from research.hf.safetensors_io import _write_file
+from research.hf.safetensors_io import write_file
 from research.models import layout
 from research.models.layers import DTYPES
 from research.models.lora import is_adapter
@@ -149,7 +149,7 @@ def export_peft(checkpoint: str, out_dir: str, dtype: str | None = None,
   config = adapter_config(cfg.model, cfg.lora, ranks, base_model_name_or_path or _base_name(checkpoint))
   directory, step = resolve_step_dir(checkpoint)
   os.makedirs(out_dir, exist_ok=True)
-  _write_file(os.path.join(out_dir, WEIGHTS), tensors, {"format": "pt", "source": f"{directory}/{step}"})
+  write_file(os.path.join(out_dir, WEIGHTS), tensors, {"format": "pt", "source": f"{directory}/{step}"})
   with open(os.path.join(out_dir, CONFIG), "w") as f:
     json.dump(config, f, indent=2)
   return [CONFIG, WEIGHTS]
