@@ -100,6 +100,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.finetune.freeze = ()         # regexes of parameter paths (e.g. "^embed/", "^blocks/[0-5]/") that get no
                                  # gradient and no optimizer state
 
+  c.lora = ml_collections.ConfigDict()
+  # Low-rank adapters (research/models/lora.py): y = x W + (alpha / rank) dropout(x) A B on the Dense
+  # kernels lora.targets matches. The base is frozen (no gradient, no optimizer state): the adapters
+  # train, with the parameters finetune.init_new names (a task's head). Checkpoints hold only what
+  # trains, plus the base's path (finetune.init_from) and fingerprint; export merges, or writes PEFT.
+  c.lora.rank = 0                # 0: off
+  c.lora.alpha = 16.0            # the update's scale is alpha / rank
+  c.lora.dropout = 0.0           # dropout on the adapters' input (train only)
+  c.lora.targets = (r"attn/(q|k|v|o)/kernel$", r"mlp/(up|gate|down)/kernel$")  # regexes on kernel paths
+                                 # ('blocks/0/attn/q/kernel'; 'blocks/attn/q/kernel' with scan_layers)
+
   c.data = ml_collections.ConfigDict()
   # Sources: data.mixture if set, else data.tfds_name if set, else the local corpus at data.path.
   c.data.path = ""               # local corpus: a file, a directory (its .txt/.jsonl/.csv) or a glob

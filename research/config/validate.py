@@ -57,13 +57,14 @@ NON_NEGATIVE = ("model.vocab_size", "model.num_kv_heads", "model.head_dim", "mod
                 "checkpoint.keep_best", "data.streams", "data.shuffle_rows", "train.profile_start_step",
                 "train.profile_stop_step", "train.cost_per_device_hour",
                 "train.max_consecutive_skips", "model.sliding_window", "train.early_stopping_patience",
-                "train.early_stopping_min_delta", "optimizer.l1")
+                "train.early_stopping_min_delta", "optimizer.l1", "lora.rank")
 
 # Tuple keys whose elements are strings: an empty default says nothing about the element type, and
 # '--config.data.val_files=1,2' must give file names, not ints (cli.py parses them as strings).
 STRING_TUPLES = ("data.val_files", "optimizer.no_decay", "finetune.init_new", "finetune.freeze",
-                 "classify.labels", "optimizer.l1_patterns")
-REGEX_TUPLES = ("optimizer.no_decay", "finetune.init_new", "finetune.freeze", "optimizer.l1_patterns")
+                 "classify.labels", "optimizer.l1_patterns", "lora.targets")
+REGEX_TUPLES = ("optimizer.no_decay", "finetune.init_new", "finetune.freeze", "optimizer.l1_patterns",
+                "lora.targets")
 
 
 # data.packing per task: documents are cut into rows (lm), examples never are (sft); a classifier reads
@@ -186,6 +187,14 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int, need_data:
     backend = backend or jax.default_backend()
     if backend != "gpu":
       raise ConfigError(f"model.attention_impl=cudnn needs a GPU, this run is on {backend}; use xla")
+  lora = cfg.lora
+  if lora.rank:
+    if lora.alpha <= 0:
+      raise ConfigError(f"lora.alpha={lora.alpha} must be > 0 (the update's scale is alpha / rank)")
+    if not 0.0 <= lora.dropout < 1.0:
+      raise ConfigError(f"lora.dropout={lora.dropout} must be in [0, 1)")
+    if not lora.targets:
+      raise ConfigError("lora.targets is empty; give regexes of kernel paths, e.g. 'attn/(q|v)/kernel$'")
   if t.seq_len > m.max_seq_len:
     raise ConfigError(f"train.seq_len={t.seq_len} exceeds the model's context model.max_seq_len="
                       f"{m.max_seq_len}")
