@@ -281,13 +281,13 @@ def test_a_long_example_is_cut_to_its_row_counted_and_never_split(hf_tok):
   records = lambda ms: [{"text": document({"messages": m}, f"x.jsonl:{i + 1}")} for i, m in enumerate(ms)]
   source = types.SimpleNamespace(train=records([long, long, CONVERSATIONS["one turn"]]),
                                  validation=records([CONVERSATIONS["one turn"]]), feature="text")
-  (line,) = task.describe([source], tok)
+  (line,) = task.describe_rows([source], tok)
   assert "2 of 3 training and 0 of 1 validation examples are longer than a row" in line
   assert task.long_examples == {"train": [3, 2, 0], "validation": [1, 0, 0]}
   prompt_only = [{"role": "user", "content": "a" * 60}, {"role": "assistant", "content": "b"}]
   source.validation = records([prompt_only])
   with pytest.raises(DataError, match="none of the 1 validation examples has a token to train"):
-    task.describe([source], tok)
+    task.describe_rows([source], tok)
 
 
 # ------------------------------------------------------------------ bad records, bad settings

@@ -49,9 +49,9 @@ class SupervisedFinetuning(LanguageModeling):
   def row_format(self):
     from research.data.rows import RowFormat, example_rows
     return RowFormat(encode=self.example_encoder, rows=example_rows(self.cfg.data.packing), records=self.records(),
-                     describe=self.describe)
+                     describe=self.describe_rows)
 
-  def describe(self, sources, tokenizer) -> list[str]:
+  def describe_rows(self, sources, tokenizer) -> list[str]:
     """Encodes every example once, so that a bad one stops the run before it starts, and counts the
     ones longer than a row (cut to it) and those the cut leaves with nothing to train."""
     from research.data.corpus import DataError
