@@ -16,12 +16,13 @@ notebooks, eval and generation.
 """
 
 
-def load_model(path: str):
-  """(model, config) from a workdir or a checkpoint step directory; model(tokens_BxL) -> logits_BxLxV."""
+def load_model(path: str, merge: bool = False):
+  """(model, config) from a workdir or a checkpoint step directory; model(tokens_BxL) -> logits_BxLxV.
+  A LoRA run's checkpoint loads onto its base; merge=True folds the adapters into the kernels."""
   from research.plan.targets import quiet_libtpu_without_tpu
   quiet_libtpu_without_tpu()  # before JAX's backend starts: no libtpu errors where libtpu has no TPU
   from research.checkpoint.loading import load_model as _load
-  return _load(path)
+  return _load(path, merge=merge)
 
 
 def load_tokenizer(path: str):

@@ -5,6 +5,10 @@
       spread, mfu, peak_flops, flops_per_token, memory_bytes_per_device.
       Against PyTorch (Hugging Face GPT-2 + torch.optim.AdamW of the same shapes, a test-only
       reference): python tests/pytorch_peer.py --config=... [--pytorch_bf16] [--pytorch_compile].
+  python scripts/benchmark.py --mode=lora --config=experiments/<name>.py [--lora_rank=R] [--steps=N]
+      a full finetuning step against a LoRA step (rank R, lora.targets; the base frozen) of the same
+      model on synthetic tokens: each one's tokens_per_sec, step time, memory_per_device (params,
+      optimizer state, compiled total), compiler FLOPs; speedup and memory_ratio (LoRA / full).
   python scripts/benchmark.py --mode=data --config=experiments/<name>.py [--steps=N]
       the data pipeline alone (read, tokenize, pack/chunk, batch): tokens_per_sec, and the ratio to
       what the train step consumes when --compare_train is set.
@@ -35,9 +39,10 @@ from absl import app, flags, logging  # noqa: E402
 from research.config.cli import absl_flags_parser, load_config  # noqa: E402
 
 flags.DEFINE_string("config", None, "Experiment file, optionally with a variant.")
-flags.DEFINE_enum("mode", "train", ["train", "data", "compile", "quality"], "What to measure.")
+flags.DEFINE_enum("mode", "train", ["train", "lora", "data", "compile", "quality"], "What to measure.")
 flags.DEFINE_integer("steps", 20, "Measured steps (train) or batches (data).")
 flags.DEFINE_integer("warmup", 3, "Steps or batches before measuring.")
+flags.DEFINE_integer("lora_rank", 0, "lora mode: the adapters' rank (0: the config's lora.rank, else 16).")
 flags.DEFINE_bool("compare_train", False, "data mode: also measure the train step and report the ratio.")
 flags.DEFINE_list("depths", [], "compile mode: model.num_layers values to compile (default: the config's).")
 flags.DEFINE_integer("repeats", 3, "compile mode: compiles per depth and variant (the median is reported).")
@@ -80,10 +85,12 @@ def main(_):
     result.update(config=FLAGS.config, overrides=_OVERRIDES, time=time.strftime("%Y-%m-%d %H:%M:%S"))
     print(json.dumps(result))
     return
-  from research.perf.benchmark import benchmark_data, benchmark_train
+  from research.perf.benchmark import benchmark_data, benchmark_lora, benchmark_train
   cfg = load_config(FLAGS.config, _OVERRIDES)
   if FLAGS.mode == "train":
     result = benchmark_train(cfg, FLAGS.steps, FLAGS.warmup)
+  elif FLAGS.mode == "lora":
+    result = benchmark_lora(cfg, FLAGS.steps, FLAGS.warmup, FLAGS.lora_rank or cfg.lora.rank or 16)
   else:
     result = benchmark_data(cfg, FLAGS.steps, FLAGS.warmup)
     if FLAGS.compare_train:

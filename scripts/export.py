@@ -1,6 +1,9 @@
 """Export a checkpoint's parameters to safetensors, with the config beside it as JSON.
 
   python scripts/export.py --checkpoint=WORKDIR_OR_STEP_DIR --out=model.safetensors [--dtype=bfloat16]
+
+A LoRA run's checkpoint exports merged: its base with the adapters folded into the kernels, and the
+config with lora.rank=0 (the adapters alone, for PEFT: scripts/convert_hf.py --to_hf --adapter_only).
 """
 import os
 import sys

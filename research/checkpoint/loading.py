@@ -1,5 +1,6 @@
 """Models out of checkpoints: `load_model` (notebooks, eval, generation), parameters-only restore
-for finetuning (with renamed and new keys), and export to safetensors."""
+for finetuning (with renamed and new keys; a LoRA run's checkpoint on its base), and export to
+safetensors."""
 from __future__ import annotations
 
 import json
@@ -99,18 +100,9 @@ def read_tokenizer(path: str, cache_dir: str):
   return tokenizer_from_item(item, cache_dir)
 
 
-def restore_params(path: str, abstract_params, rename: Callable[[str], str | None] | None = None,
-                   init_params=None, convert: Callable | None = None, report: dict | None = None):
-  """Parameters only, as a pytree shaped like `abstract_params` (host arrays).
-
-  convert: applied to the whole restored tree first (e.g. `layout.to_layout` between scanned and
-  per-layer blocks).
-  rename: maps a checkpoint path ('blocks/0/attn/q/kernel') to the model's path, or None to drop it.
-  init_params: values for model parameters the checkpoint lacks (e.g. a new classification head);
-  without it a missing parameter is an error. Shapes must match exactly.
-  report: if a dict, receives 'unused' (checkpoint paths the model did not take) and 'initialised'
-  (model paths taken from init_params).
-  """
+def read_saved_params(path: str) -> tuple[dict, dict]:
+  """(the saved parameters as host arrays, exactly as stored, verified against their checksums; the
+  step's meta) of a workdir (its newest step) or a step directory."""
   directory, step = resolve_step_dir(path)
   manager = _manager(directory)
   saved = manager.item_metadata(step)["state"]
@@ -132,7 +124,28 @@ def restore_params(path: str, abstract_params, rename: Callable[[str], str | Non
     if bad:
       raise CheckpointError(f"{directory}/{step}: {len(bad)} array(s) differ from their saved checksums "
                             f"(first {bad[0]}); the step is damaged, load an earlier one")
-  tree = restored["state"]["params"]
+  return restored["state"]["params"], restored["meta"]
+
+
+def restore_params(path: str, abstract_params, rename: Callable[[str], str | None] | None = None,
+                   init_params=None, convert: Callable | None = None, report: dict | None = None,
+                   merge_lora: bool = True):
+  """Parameters only, as a pytree shaped like `abstract_params` (host arrays).
+
+  A LoRA run's checkpoint (adapters and heads, lora_params.py) reads as its base joined with what it
+  trained: merged into the kernels (`merge_lora`, the model without adapters), or with the adapters
+  beside them (a model built with lora.rank > 0).
+  convert: applied to the whole restored tree first (e.g. `layout.to_layout` between scanned and
+  per-layer blocks).
+  rename: maps a checkpoint path ('blocks/0/attn/q/kernel') to the model's path, or None to drop it.
+  init_params: values for model parameters the checkpoint lacks (e.g. a new classification head);
+  without it a missing parameter is an error. Shapes must match exactly.
+  report: if a dict, receives 'unused' (checkpoint paths the model did not take) and 'initialised'
+  (model paths taken from init_params).
+  """
+  from research.checkpoint.lora_params import full_params
+  directory, step = resolve_step_dir(path)
+  tree = full_params(path, merge=merge_lora)
   flat, _ = jax.tree_util.tree_flatten_with_path(convert(tree) if convert else tree)
   by_path = {}
   for p, value in flat:
@@ -167,11 +180,17 @@ def restore_params(path: str, abstract_params, rename: Callable[[str], str | Non
   return params
 
 
-def load_model(path: str):
-  """(model, config) from a workdir or a checkpoint step directory; `model(tokens_BxL)` -> logits_BxLxV."""
+def load_model(path: str, merge: bool = False):
+  """(model, config) from a workdir or a checkpoint step directory; `model(tokens_BxL)` -> logits_BxLxV.
+  A LoRA run's checkpoint loads onto its base (refused when the base changed since); `merge` folds
+  the adapters into the kernels (the model and config then have none: lora.rank=0)."""
+  from research.checkpoint.lora_params import merged_config
   cfg = read_config(path)
+  lora = cfg.lora.rank > 0
+  if lora and merge:
+    cfg = merged_config(cfg)
   graphdef, abstract_params, _ = abstract_model(cfg.model, model_extensions(cfg))
-  params = restore_params(path, abstract_params)
+  params = restore_params(path, abstract_params, merge_lora=not lora or merge)
   return nnx.merge(graphdef, jax.tree.map(jnp.asarray, params)), cfg
 
 
@@ -195,7 +214,8 @@ def export_safetensors(path: str, out: str, dtype: str = "float32") -> tuple[str
   when it has no suffix) and the config as JSON beside it (same name, .json). Returns both paths."""
   from safetensors.flax import save_file
   out, config_path = export_paths(out)
-  cfg = read_config(path)
+  from research.checkpoint.lora_params import merged_config
+  cfg = merged_config(read_config(path))   # a LoRA run's adapters are merged into the kernels
   _, abstract_params, _ = abstract_model(cfg.model, model_extensions(cfg))
   params = restore_params(path, abstract_params)
   flat = jax.tree_util.tree_flatten_with_path(params)[0]

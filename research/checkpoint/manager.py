@@ -90,10 +90,13 @@ def _from_tree(like, tree):
 
 class Checkpointer:
 
-  def __init__(self, directory: str, ckpt_cfg, log=print, tokenizer: dict | None = None):
-    """tokenizer: the run's `tokenizer_item`, saved with every step (None: not saved)."""
+  def __init__(self, directory: str, ckpt_cfg, log=print, tokenizer: dict | None = None, saved_view=None):
+    """tokenizer: the run's `tokenizer_item`, saved with every step (None: not saved).
+    saved_view: state -> the part of it a step holds (a LoRA run leaves its base out; restore then
+    takes an abstract state of that part); None: all of it."""
     self.directory = absolute(directory)
     self.tokenizer = tokenizer
+    self.saved_view = saved_view
     self.log = log
     self.verify = ckpt_cfg.get("verify", True)
     self.unreadable: list[int] = []   # steps restore skipped, newest first
@@ -134,7 +137,7 @@ class Checkpointer:
     if step in self.manager.all_steps():
       return False
     data_state = data_state() if callable(data_state) else data_state
-    tree = _as_tree(state)
+    tree = _as_tree(self.saved_view(state) if self.saved_view else state)
     meta = dict(meta, step=step, time=datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 code_version=meta.get("code_version") or code_version(),
                 checksums=checksums.tree_checksums(tree))

@@ -62,8 +62,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = model_defaults()
 
   c.task = ml_collections.ConfigDict()
-  c.task.name = "lm"             # the objective (research/tasks): lm (next-token prediction) |
-                                 # classify (a label per text: research/tasks/classify.py)
+  c.task.name = "lm"             # the objective (research/tasks): lm (next-token prediction) | sft
+                                 # (supervised finetuning: the loss on replies to prompts) | classify (a label
+                                 # per text: research/tasks/classify.py)
+
+  c.sft = ml_collections.ConfigDict()  # task.name=sft (research/tasks/sft.py)
+  c.sft.template = "auto"        # the chat template: auto (the tokenizer's own, from its tokenizer_config.json /
+                                 # chat_template.jinja) | chatml | llama3 | plain ("### Instruction:" /
+                                 # "### Response:", for tokenizers trained here; research/data/chat_templates.py)
+  c.sft.train_on = "response"    # response: the loss on the replies (each ending with EOS) alone | all: every token
+  c.sft.system_prompt = ""       # a system message put first in every conversation without one ("": none)
+  c.sft.prompt_field = "prompt"  # a one-turn record's prompt (user) ...
+  c.sft.response_field = "response"  # ... and its reply (assistant)
+  c.sft.messages_field = "messages"  # a conversation: [{"role": system|user|assistant, "content": ...}, ...]
 
   c.classify = ml_collections.ConfigDict()  # task.name=classify
   c.classify.labels = ()         # the label names in class order; (): the training split's labels, sorted
@@ -89,6 +100,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.finetune.freeze = ()         # regexes of parameter paths (e.g. "^embed/", "^blocks/[0-5]/") that get no
                                  # gradient and no optimizer state
 
+  c.lora = ml_collections.ConfigDict()
+  # Low-rank adapters (research/models/lora.py): y = x W + (alpha / rank) dropout(x) A B on the Dense
+  # kernels lora.targets matches. The base is frozen (no gradient, no optimizer state): the adapters
+  # train, with the parameters finetune.init_new names (a task's head). Checkpoints hold only what
+  # trains, plus the base's path (finetune.init_from) and fingerprint; export merges, or writes PEFT.
+  c.lora.rank = 0                # 0: off
+  c.lora.alpha = 16.0            # the update's scale is alpha / rank
+  c.lora.dropout = 0.0           # dropout on the adapters' input (train only)
+  c.lora.targets = (r"attn/(q|k|v|o)/kernel$", r"mlp/(up|gate|down)/kernel$")  # regexes on kernel paths
+                                 # ('blocks/0/attn/q/kernel'; 'blocks/attn/q/kernel' with scan_layers)
+
   c.data = ml_collections.ConfigDict()
   # Sources: data.mixture if set, else data.tfds_name if set, else the local corpus at data.path.
   c.data.path = ""               # local corpus: a file, a directory (its .txt/.jsonl/.csv) or a glob
@@ -105,8 +127,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tfds_eval_split = "validation"
   c.data.tfds_text_feature = "text"
   c.data.mixture = ()            # ((source, weight), ...): source is a local path/glob or "tfds:NAME"
-  c.data.packing = "pack"        # pack (whole documents, segment ids, no cross-document attention) | chunk |
-                                 # pad (one example per row, padded: task.name=classify needs it)
+  c.data.packing = "pack"        # pack (whole documents, segment ids, no cross-document attention) | chunk
+                                 # (lm: concatenated, cut into rows) | pad (one example per row: sft, classify)
   c.data.shuffle_rows = 1024     # training rows are shuffled in windows of this many rows (per stream) after
                                  # packing/chunking, so a document longer than a row is not read in order
                                  # (memory: about rows x seq_len x 20 bytes per stream); 0 or 1: off

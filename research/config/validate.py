@@ -31,6 +31,8 @@ CHOICES = {
     "data.format": ("auto", "text", "jsonl", "csv"),
     "data.doc_split": ("file", "blank_lines"),
     "data.packing": ("pack", "chunk", "pad"),
+    "sft.train_on": ("response", "all"),
+    "sft.template": ("auto", "chatml", "llama3", "plain"),  # research/data/chat_templates.py's, and auto
     "classify.pooling": ("last", "mean", "attention", "cls"),
     "classify.class_weights": ("none", "balanced"),
     "data.spm_model_type": ("unigram", "bpe", "char", "word"),
@@ -55,13 +57,30 @@ NON_NEGATIVE = ("model.vocab_size", "model.num_kv_heads", "model.head_dim", "mod
                 "checkpoint.keep_best", "data.streams", "data.shuffle_rows", "train.profile_start_step",
                 "train.profile_stop_step", "train.cost_per_device_hour",
                 "train.max_consecutive_skips", "model.sliding_window", "train.early_stopping_patience",
-                "train.early_stopping_min_delta", "optimizer.l1")
+                "train.early_stopping_min_delta", "optimizer.l1", "lora.rank")
 
 # Tuple keys whose elements are strings: an empty default says nothing about the element type, and
 # '--config.data.val_files=1,2' must give file names, not ints (cli.py parses them as strings).
 STRING_TUPLES = ("data.val_files", "optimizer.no_decay", "finetune.init_new", "finetune.freeze",
-                 "classify.labels", "optimizer.l1_patterns")
-REGEX_TUPLES = ("optimizer.no_decay", "finetune.init_new", "finetune.freeze", "optimizer.l1_patterns")
+                 "classify.labels", "optimizer.l1_patterns", "lora.targets")
+REGEX_TUPLES = ("optimizer.no_decay", "finetune.init_new", "finetune.freeze", "optimizer.l1_patterns",
+                "lora.targets")
+
+
+# data.packing per task: documents are cut into rows (lm), examples never are (sft); a classifier reads
+# one text per row (its pooling has no segments).
+TASK_PACKINGS = {"lm": ("pack", "chunk"), "sft": ("pack", "pad"), "classify": ("pad",)}
+
+
+def _check_task_data(cfg) -> None:
+  """What the task's rows need from data.packing, and the sft.* keys."""
+  allowed = TASK_PACKINGS.get(cfg.task.name)
+  if allowed and cfg.data.packing not in allowed:
+    raise ConfigError(f"data.packing={cfg.data.packing} does not fit task.name={cfg.task.name}; it takes "
+                      f"{' | '.join(allowed)}")
+  for key in ("prompt_field", "response_field", "messages_field"):
+    if not cfg.sft[key]:
+      raise ConfigError(f"sft.{key} is empty; it names a field of the records")
 
 
 def _model_choices(arch: str) -> dict[str, tuple]:
@@ -168,6 +187,14 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int, need_data:
     backend = backend or jax.default_backend()
     if backend != "gpu":
       raise ConfigError(f"model.attention_impl=cudnn needs a GPU, this run is on {backend}; use xla")
+  lora = cfg.lora
+  if lora.rank:
+    if lora.alpha <= 0:
+      raise ConfigError(f"lora.alpha={lora.alpha} must be > 0 (the update's scale is alpha / rank)")
+    if not 0.0 <= lora.dropout < 1.0:
+      raise ConfigError(f"lora.dropout={lora.dropout} must be in [0, 1)")
+    if not lora.targets:
+      raise ConfigError("lora.targets is empty; give regexes of kernel paths, e.g. 'attn/(q|v)/kernel$'")
   if t.seq_len > m.max_seq_len:
     raise ConfigError(f"train.seq_len={t.seq_len} exceeds the model's context model.max_seq_len="
                       f"{m.max_seq_len}")
@@ -229,6 +256,7 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int, need_data:
   if cfg.data.tokenizer == "hf" and not cfg.data.tokenizer_dir:
     raise ConfigError("data.tokenizer=hf needs data.tokenizer_dir: a Hugging Face tokenizer directory "
                       "(tokenizer.json, vocab.json + merges.txt, or tokenizer.model)")
+  _check_task_data(cfg)
   if need_data and not (cfg.data.path or cfg.data.tfds_name or cfg.data.mixture):
     raise ConfigError("data.path is empty (and no data.tfds_name or data.mixture); give a text file, "
                       "a directory or a glob")
@@ -246,9 +274,6 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int, need_data:
 
 def _validate_classify(cfg) -> None:
   c = cfg.classify
-  if cfg.data.packing != "pad":
-    raise ConfigError(f"data.packing={cfg.data.packing!r} does not fit task.name=classify, which reads one "
-                      "example per row; set data.packing=pad (choices: pad)")
   if not 0.0 <= c.dropout < 1.0:
     raise ConfigError(f"classify.dropout={c.dropout} must be in [0, 1)")
   if c.pooling == "cls" and cfg.model.arch == "decoder":

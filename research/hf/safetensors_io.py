@@ -141,7 +141,8 @@ def parse_size(size: int | str) -> int:
   return value
 
 
-def _write_file(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+def write_file(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+  """One .safetensors file of `tensors` (in their order), written to a temporary name and renamed."""
   header, offset = {}, 0
   for name, x in tensors.items():
     if x.dtype not in DTYPE_NAMES:
@@ -179,12 +180,12 @@ def write_model(directory: str, tensors: dict[str, np.ndarray], max_shard_size: 
     raise HFConvertError(f"{directory}: already holds {present[0]}; give a new directory")
   os.makedirs(directory, exist_ok=True)
   if len(shards) == 1:
-    _write_file(os.path.join(directory, SINGLE), shards[0], metadata)
+    write_file(os.path.join(directory, SINGLE), shards[0], metadata)
     return [SINGLE]
   names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
   weight_map = {}
   for file, shard in zip(names, shards):
-    _write_file(os.path.join(directory, file), shard, metadata)
+    write_file(os.path.join(directory, file), shard, metadata)
     weight_map.update({name: file for name in shard})
   index = {"metadata": {"total_size": sum(x.nbytes for x in tensors.values())},
            "weight_map": dict(sorted(weight_map.items()))}

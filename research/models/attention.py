@@ -13,6 +13,7 @@ from flax import nnx
 
 from research.models.attention_xla import causal_attention  # noqa: F401  (the 'xla' impl)
 from research.models.layers import Dense
+from research.models.lora import lora_rng
 from research.sharding import constrain
 
 
@@ -82,10 +83,14 @@ class CausalSelfAttention(nnx.Module):
     self.impl = cfg.attention_impl
 
   def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array,
-               segment_ids_BxL: jax.Array | None) -> jax.Array:
-    q_BxLxHxDh = constrain(self.q(x_BxLxD), ("act_batch", "act_length", "act_heads", None))
-    k_BxLxKxDh = constrain(self.k(x_BxLxD), ("act_batch", "act_length", "act_kv_heads", None))
-    v_BxLxKxDh = constrain(self.v(x_BxLxD), ("act_batch", "act_length", "act_kv_heads", None))
+               segment_ids_BxL: jax.Array | None, adapter_rng: jax.Array | None = None) -> jax.Array:
+    """adapter_rng: the key of the projections' LoRA dropout (None: evaluation, or no adapters)."""
+    q_BxLxHxDh = constrain(self.q(x_BxLxD, rng=lora_rng(adapter_rng, 0)),
+                           ("act_batch", "act_length", "act_heads", None))
+    k_BxLxKxDh = constrain(self.k(x_BxLxD, rng=lora_rng(adapter_rng, 1)),
+                           ("act_batch", "act_length", "act_kv_heads", None))
+    v_BxLxKxDh = constrain(self.v(x_BxLxD, rng=lora_rng(adapter_rng, 2)),
+                           ("act_batch", "act_length", "act_kv_heads", None))
     if self.use_rope:
       q_BxLxHxDh = rope(q_BxLxHxDh, positions_BxL, self.rope_theta, self.inv_freq)
       k_BxLxKxDh = rope(k_BxLxKxDh, positions_BxL, self.rope_theta, self.inv_freq)
@@ -101,4 +106,4 @@ class CausalSelfAttention(nnx.Module):
           q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, mask=mask, is_causal=True, implementation=self.impl,
           local_window_size=window)
     out_BxLxHxDh = constrain(out_BxLxHxDh, ("act_batch", "act_length", "act_heads", None))
-    return self.o(out_BxLxHxDh)
+    return self.o(out_BxLxHxDh, rng=lora_rng(adapter_rng, 3))

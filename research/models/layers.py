@@ -158,7 +158,10 @@ class Embedding(nnx.Module):
 
 
 class Dense(nnx.Module):
-  """y = x @ kernel (+ bias), with the contraction over x's last `len(in_shape)` axes."""
+  """y = x @ kernel (+ bias), with the contraction over x's last `len(in_shape)` axes.
+
+  `lora` (None, or an adapter research/models/lora.py attaches after the model is built) adds its
+  low-rank update; `rng` is that adapter's dropout key (None: evaluation, or no adapter)."""
 
   def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], in_axes: Sequence[str],
                out_axes: Sequence[str], *, use_bias: bool, init_std: float, dtype, param_dtype,
@@ -170,7 +173,13 @@ class Dense(nnx.Module):
     letters = "abcdefgh"
     ins, outs = letters[:len(in_shape)], letters[len(in_shape):len(in_shape) + len(out_shape)]
     self.equation = f"...{ins},{ins}{outs}->...{outs}"
+    self.in_ndim, self.out_ndim = len(in_shape), len(out_shape)   # the kernel's [*in, *out] split
+    self.lora = None
 
-  def __call__(self, x: jax.Array, out_dtype=None) -> jax.Array:
+  def __call__(self, x: jax.Array, out_dtype=None, rng: jax.Array | None = None) -> jax.Array:
     bias = None if self.bias is None else self.bias[...]
-    return matmul(self.equation, x, self.kernel[...], self.dtype, out_dtype, bias)
+    if self.lora is None:
+      return matmul(self.equation, x, self.kernel[...], self.dtype, out_dtype, bias)
+    # The base output and the update meet in float32, rounded once to the output dtype.
+    y = matmul(self.equation, x, self.kernel[...], self.dtype, jnp.float32, bias)
+    return (y + self.lora(x, self.dtype, rng)).astype(out_dtype or self.dtype)

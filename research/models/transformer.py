@@ -17,6 +17,7 @@ from flax import nnx
 from research.models.activations import ACTIVATIONS, GATED
 from research.models.attention import CausalSelfAttention
 from research.models.layers import DTYPES, Dense, Embedding, Norm, dropout, matmul
+from research.models.lora import lora_rng
 from research.models.remat import checkpoint_name, remat
 from research.sharding import constrain
 
@@ -33,14 +34,14 @@ class MLP(nnx.Module):
                       **common)
     self.act = GATED[cfg.mlp_activation] if self.gated else ACTIVATIONS[cfg.mlp_activation]
 
-  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
-    h_BxLxF = self.up(x_BxLxD)
+  def __call__(self, x_BxLxD: jax.Array, adapter_rng: jax.Array | None = None) -> jax.Array:
+    h_BxLxF = self.up(x_BxLxD, rng=lora_rng(adapter_rng, 4))
     if self.gated:
-      h_BxLxF = self.act(self.gate(x_BxLxD), h_BxLxF)
+      h_BxLxF = self.act(self.gate(x_BxLxD, rng=lora_rng(adapter_rng, 5)), h_BxLxF)
     else:
       h_BxLxF = self.act(h_BxLxF)
     h_BxLxF = constrain(h_BxLxF, ("act_batch", "act_length", "act_mlp"))
-    return self.down(h_BxLxF)
+    return self.down(h_BxLxF, rng=lora_rng(adapter_rng, 6))
 
 
 class Block(nnx.Module):
@@ -57,9 +58,11 @@ class Block(nnx.Module):
 
   def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL, rng):
     rng_attn, rng_mlp = (None, None) if rng is None else jax.random.split(rng)
-    h = checkpoint_name(self.attn(self.attn_norm(x_BxLxD), positions_BxL, segment_ids_BxL), "attn_out")
+    # Adapter dropout keys are folded from `rng` itself (lora_rng), so the split above, and every
+    # run without adapters, draws the masks it always did.
+    h = checkpoint_name(self.attn(self.attn_norm(x_BxLxD), positions_BxL, segment_ids_BxL, rng), "attn_out")
     x_BxLxD = x_BxLxD + dropout(h, self.rate, rng_attn)
-    h = checkpoint_name(self.mlp(self.mlp_norm(x_BxLxD)), "mlp_out")
+    h = checkpoint_name(self.mlp(self.mlp_norm(x_BxLxD), rng), "mlp_out")
     x_BxLxD = x_BxLxD + dropout(h, self.rate, rng_mlp)
     return constrain(x_BxLxD, ("act_batch", "act_length", "act_embed"))
 

@@ -1,4 +1,5 @@
-"""Benchmarks: the compiled train step on synthetic tokens, and the data pipeline on its own."""
+"""Benchmarks: the compiled train step on synthetic tokens (in full, or against a LoRA step of the same
+model), and the data pipeline on its own."""
 from __future__ import annotations
 
 import time
@@ -7,7 +8,7 @@ import jax
 import numpy as np
 
 from research.models import flops_per_token
-from research.perf.compiled import memory_report
+from research.perf.compiled import compiler_flops, memory_report
 from research.sharding import make_mesh
 from research.train import mfu as mfu_lib
 from research.train.program import build_program
@@ -51,8 +52,26 @@ def benchmark_train(cfg, steps: int, warmup: int) -> dict:
   per_device = memory.get("total")  # the same figure training and --dry_run print
   return {"mode": "train", "tokens_per_sec": tokens_per_sec, **spread,
           "mfu": mfu_lib.mfu(fpt, tokens_per_sec, peak), "peak_flops": peak, "peak_source": source,
-          "flops_per_token": fpt, "memory_bytes_per_device": per_device, "steps": steps,
+          "flops_per_token": fpt, "memory_bytes_per_device": per_device, "memory_per_device": memory,
+          "compiler_flops_per_step": compiler_flops(step), "steps": steps,
           "devices": len(devices), "device_kind": devices[0].device_kind, "mesh": dict(program.mesh.shape)}
+
+
+def benchmark_lora(cfg, steps: int, warmup: int, rank: int) -> dict:
+  """The same model's train step in full (every parameter trains) and with LoRA adapters of `rank`
+  (the base frozen: no base gradient, no base optimizer state), on random tokens and a random base
+  (speed and memory do not depend on the weights). mfu uses the full step's FLOPs per token for
+  both, so the ratio of the two mfu values is the ratio of throughputs."""
+  runs = {}
+  for name, r in (("full", 0), ("lora", rank)):
+    c = cfg.copy_and_resolve_references()
+    c.lora.rank, c.finetune.init_from = r, ""
+    runs[name] = benchmark_train(c, steps, warmup)
+  full, lora = runs["full"], runs["lora"]
+  return {"mode": "lora", "rank": rank, "targets": list(cfg.lora.targets), "full": full, "lora": lora,
+          "speedup": lora["tokens_per_sec"] / full["tokens_per_sec"],
+          "memory_ratio": (lora["memory_bytes_per_device"] / full["memory_bytes_per_device"]
+                           if full["memory_bytes_per_device"] else None)}
 
 
 def benchmark_data(cfg, steps: int, warmup: int) -> dict:

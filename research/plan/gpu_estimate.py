@@ -34,7 +34,7 @@ from research.sharding.rules import logical_to_spec
 from research.models.registry import abstract_model
 from research.tasks import model_extensions
 from research.sharding.rules import config_rules
-from research.train.trainable import Partition
+from research.train.trainable import run_partition
 
 
 def _per_token_layer(cfg, policy: str, tensor: int) -> tuple[float, float]:
@@ -70,7 +70,7 @@ def estimate_memory(cfg, mesh_shape, num_devices: int) -> dict:
   _, abstract, names = abstract_model(cfg.model, model_extensions(cfg))
   p_bytes = jnp.dtype(DTYPES[cfg.model.param_dtype]).itemsize
   a_bytes = jnp.dtype(DTYPES[cfg.model.dtype]).itemsize
-  frozen = Partition(cfg.finetune.freeze)  # frozen parameters: no gradient, no optimizer state
+  frozen = run_partition(cfg)  # frozen (finetune.freeze, a LoRA base): no gradient, no optimizer state
   sharded = trainable = blocks_tensor_split = 0.0
   flat_names = dict(_flatten(names))
   for path, leaf in _flatten(abstract):

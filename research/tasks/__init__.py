@@ -8,8 +8,9 @@ from research.config import ConfigError
 from research.tasks.base import Field, Task
 from research.tasks.classify import Classification
 from research.tasks.lm import LanguageModeling
+from research.tasks.sft import SupervisedFinetuning
 
-TASKS = {"lm": LanguageModeling, "classify": Classification}
+TASKS = {"lm": LanguageModeling, "sft": SupervisedFinetuning, "classify": Classification}
 
 
 def get_task(cfg) -> Task:
@@ -21,9 +22,14 @@ def get_task(cfg) -> Task:
 
 def model_extensions(cfg) -> tuple:
   """What a run adds to its backbone (research.models.build_model's `extensions`): the task's own
-  parameters (a classifier head). Every builder of a run's model (the train state, the program's
+  parameters (a classifier head), then LoRA adapters when lora.rank > 0 (on the Dense layers
+  lora.targets matches, last so that they see every one). Every builder of a run's model (the train state, the program's
   abstract model, loading a checkpoint, the planner) passes these, so they all build the same one."""
-  return tuple(get_task(cfg).model_extensions())
+  extensions = tuple(get_task(cfg).model_extensions())
+  if cfg.lora.rank > 0:
+    from research.models.lora import lora_extension
+    extensions += (lora_extension(cfg.lora),)
+  return extensions
 
 
 __all__ = ["Field", "Task", "TASKS", "get_task", "model_extensions"]

@@ -6,6 +6,9 @@ The architecture and the tokenizer are the checkpoint's (a model reads text only
 to); the experiment keeps its runtime choices (remat, scan_layers, attention_impl, dtypes, dropout).
 Scanned and per-layer layouts are converted; parameters the checkpoint lacks are initialised only
 where `finetune.init_new` allows it; anything else that does not fit is one line naming the keys.
+A LoRA run (lora.rank > 0) starts its adapters fresh on the checkpoint's parameters, which stay
+frozen; its checkpoints leave them out, so its resume reads them again (`with_lora_base`) from the
+path its checkpoint records. A LoRA run's checkpoint as init_from reads as its merged model.
 """
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ import jax
 from research.checkpoint import CheckpointError
 from research.checkpoint.loading import read_config, read_tokenizer, resolve_step_dir, restore_params
 from research.models.layout import to_layout
-from research.train.trainable import Partition
+from research.models.lora import ADAPTER_PATTERN, is_adapter
+from research.train.trainable import Partition, join, lora_own
 
 # What a run may choose for itself when it starts from a checkpoint: how to compute, not what.
 RUNTIME_MODEL_KEYS = ("remat", "scan_layers", "attention_impl", "dtype", "param_dtype", "dropout", "vocab_multiple")
@@ -85,27 +89,49 @@ def _rebuilt_tokenizer(path: str, cache_dir: str):
 
 
 def load_initial_params(cfg, program, state, host_params, log):
-  """`state` with its parameters replaced by the checkpoint's (new ones, per finetune.init_new, keep
-  their fresh initialisation)."""
+  """`state` with its parameters replaced by the checkpoint's (new ones, per finetune.init_new, and
+  LoRA adapters keep their fresh initialisation)."""
   path = cfg.finetune.init_from
-  new = Partition(cfg.finetune.init_new)
+  lora = cfg.lora.rank > 0
+  new = Partition(tuple(cfg.finetune.init_new) + ((ADAPTER_PATTERN,) if lora else ()))
   init_params = host_params(new.split(state.params)[1]) if new.patterns else None  # only the new leaves
   report: dict = {}
   try:
     params = restore_params(path, program.abstract_params, init_params=init_params, report=report,
-                            convert=lambda tree: to_layout(tree, cfg.model.scan_layers) if "blocks" in tree else tree)
+                            convert=_to_run_layout(cfg))
   except CheckpointError as e:
-    raise CheckpointError(f"finetune.init_from={path}: {e}"
-                          + ("" if new.patterns else " (finetune.init_new names parameters to initialise fresh)"))
-  unused, fresh = report["unused"], report["initialised"]
+    hint = "" if cfg.finetune.init_new else " (finetune.init_new names parameters to initialise fresh)"
+    raise CheckpointError(f"finetune.init_from={path}: {e}{hint}")
+  unused, fresh = report["unused"], [p for p in report["initialised"] if not is_adapter(p)]
+  adapted = (len(report["initialised"]) - len(fresh)) // 2   # a and b per kernel
   log(f"finetune: parameters from {path}"
+      + (f"; LoRA adapters (rank {cfg.lora.rank}, fresh) on {adapted} kernel(s), the rest frozen" if lora else "")
       + (f"; initialised fresh (finetune.init_new): {_listing(fresh)}" if fresh else "")
       + (f"; in the checkpoint, not in the model: {_listing(unused)}" if unused else ""))
+  return state.replace(params=_place(params, program.shardings.params))
+
+
+def with_lora_base(cfg, program, state, record: dict):
+  """A LoRA run's restored `state` (its params: the run's own, as its checkpoints hold them) joined
+  with the frozen base read from record['path'] (checked against its fingerprint by the caller)."""
+  own = lora_own(cfg)
+  base_abstract = own.split(program.abstract_params)[1]
+  try:
+    base = restore_params(record["path"], base_abstract, convert=_to_run_layout(cfg))
+  except CheckpointError as e:
+    raise CheckpointError(f"the LoRA base {record['path']}: {e}") from None
+  return state.replace(params=join(state.params, _place(base, own.split(program.shardings.params)[1])))
+
+
+def _to_run_layout(cfg):
+  return lambda tree: to_layout(tree, cfg.model.scan_layers) if "blocks" in tree else tree
+
+
+def _place(params, shardings):
   # Each device takes its own slice of the host arrays (every process holds the same full values), so
   # nothing is gathered or compared across processes.
-  placed = jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda index: x[index]),
-                        params, program.shardings.params)
-  return state.replace(params=placed)
+  return jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda index: x[index]),
+                      params, shardings)
 
 
 def _listing(paths: list[str], shown: int = 8) -> str:

@@ -18,7 +18,7 @@ from research.sharding import activation_rules, config_rules, logical_to_spec
 from research.train.optimizer import make_l1_penalty, make_optimizer
 from research.train.state import TrainState, make_init_fn, state_shardings
 from research.train.step import make_eval_step, make_train_step
-from research.train.trainable import Partition
+from research.train.trainable import Partition, lora_own, run_partition
 
 
 @dataclasses.dataclass
@@ -53,6 +53,13 @@ class TrainProgram:
   def abstract_state(self) -> TrainState:
     shapes = jax.eval_shape(self._init_fn())
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, self.shardings)
+
+  def checkpoint_view(self, state: TrainState) -> TrainState:
+    """What a checkpoint holds of `state` (real or abstract): all of it, but for a LoRA run only its
+    own parameters (adapters, finetune.init_new's): the frozen base is read again from its path."""
+    if self.cfg.lora.rank == 0:
+      return state
+    return state.replace(params=lora_own(self.cfg).split(state.params)[0])
 
   def compile_train_step(self, batch_size: int | None = None, seq_len: int | None = None) -> Callable:
     """Lowers and compiles ahead of time: (state, batch) -> (state, metrics); the state is donated."""
@@ -98,7 +105,7 @@ def build_program(cfg, mesh: jax.sharding.Mesh, task=None) -> TrainProgram:
     task = get_task(cfg)
   rules = config_rules(cfg)
   graphdef, abstract_params, names = abstract_model(cfg.model, model_extensions(cfg))
-  partition = Partition(cfg.finetune.freeze)
+  partition = run_partition(cfg)
   partition.check(abstract_params)
   trainable, _ = partition.split(abstract_params)
   optimizer, schedule = make_optimizer(cfg.optimizer, cfg.train.num_steps, trainable)

@@ -1,7 +1,11 @@
 """Trainable and frozen parameters: `finetune.freeze` (regexes over paths such as
 'blocks/0/attn/q/kernel') splits the parameter tree in two. The train state keeps every parameter in
 `params`; only the trainable part gets a gradient, optimizer state and updates, so a frozen backbone
-costs no Adam moments and no gradient memory."""
+costs no Adam moments and no gradient memory.
+
+With LoRA (lora.rank > 0) the rule turns around: only the adapters and the parameters the checkpoint
+lacks (finetune.init_new: a task's head) train; every other parameter, the base, is frozen
+(`run_partition`)."""
 from __future__ import annotations
 
 import re
@@ -10,13 +14,20 @@ from research.config import ConfigError
 
 
 class Partition:
-  """Splits nested parameter dicts into (trainable, frozen) by path, and joins them back."""
+  """Splits nested parameter dicts into (trainable, frozen) by path, and joins them back.
 
-  def __init__(self, freeze_patterns=()):
+  freeze_patterns: paths matching any are frozen. train_only (None: everything trains): when given,
+  paths matching none of these are frozen too."""
+
+  def __init__(self, freeze_patterns=(), train_only=None):
     self.patterns = tuple(freeze_patterns)
     self._regexes = [re.compile(p) for p in self.patterns]
+    self.train_only = None if train_only is None else tuple(train_only)
+    self._train_regexes = [re.compile(p) for p in self.train_only or ()]
 
   def is_frozen(self, path: str) -> bool:
+    if self.train_only is not None and not any(r.search(path) for r in self._train_regexes):
+      return True
     return any(r.search(path) for r in self._regexes)
 
   def split(self, params: dict) -> tuple[dict, dict]:
@@ -44,8 +55,24 @@ class Partition:
       if not any(regex.search(p) for p in paths):
         raise ConfigError(f"finetune.freeze: {pattern!r} matches no parameter (paths look like {paths[0]!r}, "
                           f"{paths[-1]!r})")
-    if self.patterns and all(self.is_frozen(p) for p in paths):
-      raise ConfigError(f"finetune.freeze={self.patterns!r} freezes every parameter; nothing would train")
+    if (self.patterns or self.train_only is not None) and all(self.is_frozen(p) for p in paths):
+      only = "" if self.train_only is None else " (with lora.rank > 0 only the adapters and finetune.init_new train)"
+      raise ConfigError(f"finetune.freeze={self.patterns!r} freezes every parameter{only}; nothing would train")
+
+
+def run_partition(cfg) -> Partition:
+  """The run's split: finetune.freeze, and with lora.rank > 0 only the adapters and
+  finetune.init_new's parameters train."""
+  if cfg.lora.rank > 0:
+    return Partition(cfg.finetune.freeze, train_only=lora_own(cfg).train_only)
+  return Partition(cfg.finetune.freeze)
+
+
+def lora_own(cfg) -> Partition:
+  """A LoRA run's split into (its own parameters: the adapters and finetune.init_new's, which its
+  checkpoints hold, frozen or not; the base's, which they do not)."""
+  from research.models.lora import ADAPTER_PATTERN
+  return Partition(train_only=(ADAPTER_PATTERN,) + tuple(cfg.finetune.init_new))
 
 
 def join(trainable: dict, frozen: dict) -> dict:

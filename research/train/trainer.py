@@ -23,11 +23,14 @@ from etils import epath
 from research.checkpoint import CheckpointError, Checkpointer, PreemptionWatcher
 from research.checkpoint.data_state import gather_states, local_state, saved_num_streams
 from research.checkpoint.loading import checkpoint_steps
+from research.checkpoint.lora_params import BASE_KEY as LORA_BASE
+from research.checkpoint.lora_params import base_record, check_base
 from research.checkpoint.manager import code_version
 from research.checkpoint.resume_checks import check_resumable
 from research.checkpoint.tokenizer_item import tokenizer_item
 from research.config import ConfigError
 from research.models import count_params
+from research.models.lora import adapter_count
 from research.paths import absolute
 from research.perf.compiled import compiler_flops, format_memory, memory_report
 from research.sharding import make_mesh
@@ -38,6 +41,7 @@ from research.train.metrics import EvalReports, MetricsWriter, Progress
 from research.train.profiler import StepProfiler
 from research.train.program import TrainProgram, build_program
 from research.train.schedules import fit_warmup
+from research.train.trainable import join, lora_own
 from research.train.setup import complete_config
 from research.train.workdir import (WorkdirLock, check_resume, move_previous_run_aside,
                                     move_steps_aside, truncate_metrics, write_config)
@@ -141,6 +145,7 @@ class Run:
   t_start: float
   log: Any
   is_main: bool
+  lora_base: dict | None = None   # a LoRA run's base (lora_params.base_record), saved in every step's meta
 
 
 def _setup(cfg, log, dry_run: bool, t_start: float, model_source: str | None = None) -> Run:
@@ -162,7 +167,8 @@ def _setup(cfg, log, dry_run: bool, t_start: float, model_source: str | None = N
   t = cfg.train
   program = build_program(cfg, mesh, task)
   n_params = count_params(cfg.model) + task.extension_params()
-  n_actual = sum(math.prod(x.shape) for x in jax.tree.leaves(program.abstract_params))
+  n_actual = sum(math.prod(x.shape) for x in jax.tree.leaves(program.abstract_params)) - adapter_count(
+      program.abstract_params)
   assert n_params == n_actual, f"count_params={n_params} disagrees with the model's {n_actual}"
   fpt = task.flops_per_token(t.seq_len)
   peak, peak_source = mfu_lib.peak_flops(devices, cfg.model.dtype)
@@ -174,8 +180,11 @@ def _setup(cfg, log, dry_run: bool, t_start: float, model_source: str | None = N
     owners = [sorted({d.process_index for d in mesh.devices[i].flat}) for i in range(mesh.shape["data"])]
     log(f"mesh.dcn_shape {tuple(cfg.mesh.dcn_shape)}: processes per data index {owners}")
   frozen = sum(math.prod(x.shape) for x in jax.tree.leaves(program.partition.split(program.abstract_params)[1]))
+  adapters = adapter_count(program.abstract_params)
   log(f"task: {task.name}; model: {cfg.model.arch} ({cfg.model.family}), {n_params:,} parameters"
-      + (f" ({frozen:,} frozen)" if frozen else "") + f", {fpt / 1e6:.2f} MFLOPs/token "
+      + (f" ({frozen:,} frozen)" if frozen else "")
+      + (f" + {adapters:,} in LoRA adapters (rank {cfg.lora.rank})" if adapters else "")
+      + f", {fpt / 1e6:.2f} MFLOPs/token "
       f"(training, causal attention halved); peak {peak / 1e9:.0f} GFLOP/s ({peak_source})")
   for line in task.describe():
     log(line)
@@ -219,6 +228,9 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
     raise ConfigError(f"finetune.init_from={cfg.finetune.init_from} is inside this run's own workdir; a resume "
                       "needs no init_from, and --fresh would move it aside before it is read")
   own = _own_finetune_source(ckpt_dir, saved_steps, resume) if saved_steps and resume != "fresh" else None
+  if cfg.lora.rank > 0 and not dry_run and not cfg.finetune.init_from and own is None:
+    raise ConfigError("lora.rank > 0 trains adapters on a base: set finetune.init_from (a checkpoint, or a "
+                      "Hugging Face model converted with scripts/convert_hf.py)")
   run = _setup(cfg, log, dry_run, t_start, model_source=own)
   log, program, data, t = run.log, run.program, run.data, cfg.train
   if dry_run:
@@ -236,7 +248,8 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
   if run.is_main and starting_over:
     move_previous_run_aside(workdir, log)
   _barrier("previous run moved aside")
-  checkpointer = Checkpointer(ckpt_dir, cfg.checkpoint, log=log, tokenizer=tokenizer_item(data.tokenizer))
+  checkpointer = Checkpointer(ckpt_dir, cfg.checkpoint, log=log, tokenizer=tokenizer_item(data.tokenizer),
+                              saved_view=program.checkpoint_view)
   start, train_iter, writer, progress, profiler = 0, None, None, None, None
   completed = False
   try:
@@ -264,6 +277,8 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
     meta = {"config": cfg.to_dict(), "mesh": dict(program.mesh.shape), "devices": len(jax.devices()),
             "processes": nproc, "data_streams": streams, "code_version": code_version(),
             "tokenizer": data.tokenizer.fingerprint, "data_sources": [s.fingerprint for s in data.sources]}
+    if run.lora_base is not None:
+      meta[LORA_BASE] = run.lora_base
     log(f"data: {streams} stream(s) over {nproc} process(es)")
 
     # ---------------------------------------------------------------- loop
@@ -327,7 +342,10 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
         log(stopper.line())
       if stopper is not None and stopper.best_step not in (None, last_step):
         checkpointer.wait()  # the best step's parameters, read back from its (kept) checkpoint
-        state = state.replace(params=checkpointer.restore(program.abstract_state(), stopper.best_step)[0].params)
+        best = checkpointer.restore(program.checkpoint_view(program.abstract_state()), stopper.best_step)[0].params
+        if cfg.lora.rank:  # a LoRA checkpoint holds the run's own parameters; the frozen base is unchanged
+          best = join(best, lora_own(cfg).split(state.params)[1])
+        state = state.replace(params=best)
         log(f"early stopping: restored the parameters of step {stopper.best_step}, the best "
             f"{stopper.metric} {stopper.best_value:.4f}")
         final = step_log.evaluate(stopper.best_step, state.params, record=False)
@@ -374,20 +392,28 @@ def _restore_or_init(run: Run, checkpointer, resume, starting_over: bool, ckpt_d
   """(state, the data iterator's saved state or None, first step, the step's meta or None): the
   workdir's checkpoint when resuming, else a fresh state (with finetune.init_from's parameters)."""
   cfg, program, data, log = run.cfg, run.program, run.data, run.log
+  lora = cfg.lora.rank > 0
   if starting_over:
     state = program.init_state()
     if cfg.finetune.init_from:
       from research.train.finetune import load_initial_params
       state = load_initial_params(cfg, program, state, host_params, log)
+      run.lora_base = base_record(cfg.finetune.init_from) if lora else None
     return state, None, 0, None
   changed = []  # the resume's checks run on the step's metadata, before its arrays are read
 
   def check(saved_meta):
     changed[:] = check_resumable(saved_meta, cfg.to_dict(), data.tokenizer.fingerprint,
                                  [s.fingerprint for s in data.sources])
+    if lora:  # the base the adapters were trained on: still there, unchanged
+      check_base(saved_meta[LORA_BASE], f"{ckpt_dir}/{saved_meta['step']}")
+      run.lora_base = saved_meta[LORA_BASE]
 
-  state, data_state, saved_meta, start = checkpointer.restore(program.abstract_state(),
+  state, data_state, saved_meta, start = checkpointer.restore(program.checkpoint_view(program.abstract_state()),
                                                               None if resume == "latest" else int(resume), check)
+  if lora:
+    from research.train.finetune import with_lora_base
+    state = with_lora_base(cfg, program, state, run.lora_base)
   log(f"checkpoint: resumed from step {start} ({ckpt_dir})"
       + (f"; changed since: {'; '.join(changed)}" if changed else ""))
   return state, data_state, start, saved_meta
