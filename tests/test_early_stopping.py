@@ -74,22 +74,22 @@ def test_a_run_stops_restores_its_best_step_and_stays_stopped(tiny_cfg, tmp_path
 
   monkeypatch.setattr(LanguageModeling, "metrics", scripted)
   cfg = tiny_cfg
-  cfg.train.num_steps, cfg.train.eval_every, cfg.train.sample_at_end = 30, 4, 0
+  cfg.train.num_steps, cfg.train.eval_every, cfg.train.sample_at_end = 20, 2, 0
   cfg.train.early_stopping_patience = 2
   cfg.checkpoint.every_steps, cfg.checkpoint.keep_last, cfg.checkpoint.async_save = 100, 1, False
   workdir = str(tmp_path / "run")
   logs = []
   summary = train(cfg, workdir, log=logs.append)
-  # evaluations at 4, 8, 12: 5.0, 4.0 (best), 4.5, 4.2 (two without improvement) -> stop at 16
-  assert summary["stopped"] == "early_stopping" and summary["steps"] == 16 and summary["best_step"] == 8
+  # evaluations at 2, 4, 6, 8: 5.0, 4.0 (best), 4.5, 4.2 (two without improvement) -> stop at 8
+  assert summary["stopped"] == "early_stopping" and summary["steps"] == 8 and summary["best_step"] == 4
   assert summary["final_eval"]["eval_loss"] == 4.0  # the best step's parameters, evaluated again
-  assert cfg.checkpoint.keep_best == 1 and checkpoint_steps(os.path.join(workdir, "checkpoints")) == [8, 16]
+  assert cfg.checkpoint.keep_best == 1 and checkpoint_steps(os.path.join(workdir, "checkpoints")) == [4, 8]
   text = "\n".join(map(str, logs))
-  assert "early stopping: stopped at step 16, 2 evaluation(s) without improving eval_loss" in text
-  assert "restored the parameters of step 8" in text
+  assert "early stopping: stopped at step 8, 2 evaluation(s) without improving eval_loss" in text
+  assert "restored the parameters of step 4" in text
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-  assert max(r["step"] for r in records) == 16
+  assert max(r["step"] for r in records) == 8
   again = train(cfg, workdir, log=logs.append)  # the same command: the run is over, nothing trains
-  assert (again["steps"], again["best_step"], again["final_eval"]["eval_loss"]) == (16, 8, 4.0)
-  assert checkpoint_steps(os.path.join(workdir, "checkpoints")) == [8, 16]
+  assert (again["steps"], again["best_step"], again["final_eval"]["eval_loss"]) == (8, 4, 4.0)
+  assert checkpoint_steps(os.path.join(workdir, "checkpoints")) == [4, 8]
   assert np.isfinite(again["final_eval"]["eval_perplexity"])
