@@ -42,11 +42,12 @@ def _tiny_model_cfg(family="gpt2", scan=False):
 
 
 def _randomise_b(params, seed=1):
-  """Nonzero B (and so a nonzero update) in every adapter."""
-  key = jax.random.PRNGKey(seed)
+  """Nonzero B (and so a nonzero update) in every adapter (numpy: eager jax.random compiles per shape)."""
+  rng = np.random.default_rng(seed)
   return jax.tree_util.tree_map_with_path(
-      lambda p, x: 0.05 * jax.random.normal(jax.random.fold_in(key, hash(path_str(p)) % 2**31), x.shape, x.dtype)
-      if path_str(p).endswith("lora/b") else x, params)
+      lambda p, x: (0.05 * rng.standard_normal(x.shape)).astype(x.dtype) if path_str(p).endswith("lora/b") else x,
+      params)
+
 
 
 def _forward(model):
