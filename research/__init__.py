@@ -4,7 +4,7 @@ Packages, in the order data flows through a run:
   config    -> the schema of every config key, and its validation
   sharding  -> device mesh and logical-axis rules (logical names -> mesh axes)
   data      -> corpora, tokenizers, batches (rows shaped by the task's row format)
-  tasks     -> the objectives: batch schema, rows, loss as summable statistics, metrics (lm today)
+  tasks     -> the objectives: batch schema, rows, loss as summable statistics, metrics (lm, classify)
   models    -> NNX models by architecture (registry: decoder today), presets, parameter/FLOP counts
   train     -> config completion, optimizer, schedules, the jitted train step, the one training loop,
                finetuning from a checkpoint, trainable/frozen parameters, metrics

@@ -61,3 +61,20 @@ def tiny_experiment(directory, corpus: str) -> str:
     f.write("from tests.conftest import tiny_config\n"
             f"def get_config():\n  return tiny_config({corpus!r}, {os.path.join(str(directory), 'cache')!r})\n")
   return path
+
+
+def write_sft_records(directory, num_train=400, num_val=8, seed=0):
+  """train.jsonl and val.jsonl of prompt/response records over WORDS (a speaker's name asks for a
+  line): short enough that prompt and reply fit a 64-token row. Hundreds of records, because Grain
+  reshuffles every epoch, which costs milliseconds even for a handful of records."""
+  import json
+  import random
+  rng = random.Random(seed)
+  os.makedirs(directory, exist_ok=True)
+  for name, count in (("train.jsonl", num_train), ("val.jsonl", num_val)):
+    with open(os.path.join(directory, name), "w") as f:
+      for _ in range(count):
+        speaker = rng.choice(["KING", "QUEEN", "FOOL"])
+        reply = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8)))
+        f.write(json.dumps({"prompt": f"{speaker}.", "response": reply}) + "\n")
+  return str(directory)

@@ -131,16 +131,20 @@ def test_best_metric_must_be_one_the_task_writes(tiny_cfg):
 
 
 def test_sigkill_then_resume_of_a_finetuning_run_is_exact(pretrained, corpus_dir, tmp_path):
-  """A finetuning run resumes from its own checkpoints, bit for bit, and reads nothing of the
-  checkpoint it started from again (here moved away before the resume)."""
+  """A finetuning run (supervised finetuning, task.name=sft, on prompt/response records) resumes
+  from its own checkpoints, bit for bit, and reads nothing of the checkpoint it started from again
+  (here moved away before the resume)."""
   import shutil
   import signal
-  from tests.helpers import tiny_experiment
+  from tests.helpers import tiny_experiment, write_sft_records
   from tests.test_checkpoint import STEPS, _losses, _start, _wait_for_step
   experiment = tiny_experiment(tmp_path, corpus_dir)
   start = tmp_path / "start"
   shutil.copytree(pretrained[1], start)
-  extra = (f"--config.finetune.init_from={start}", "--config.finetune.freeze=^embed/")
+  records = write_sft_records(tmp_path / "sft")
+  extra = (f"--config.finetune.init_from={start}", "--config.finetune.freeze=^embed/", "--config.task.name=sft",
+           f"--config.data.path={records}", "--config.data.val_files=val.jsonl", "--config.sft.template=plain",
+           "--config.train.seq_len=64")
   runs = {}
   for name in ("reference", "killed"):
     workdir = tmp_path / name
@@ -155,5 +159,6 @@ def test_sigkill_then_resume_of_a_finetuning_run_is_exact(pretrained, corpus_dir
     assert proc.returncode == 0, out[-3000:]
     runs[name] = _losses(workdir)
   assert "checkpoint: resumed from step" in out and "finetune: parameters from" not in out
+  assert "task: sft" in out and "nats per trained token" in out
   assert sorted(runs["reference"]) == list(range(1, STEPS + 1))
   assert runs["killed"] == runs["reference"]

@@ -24,7 +24,9 @@ STREAM_KEYS = ("seed", "train.batch_size", "train.seq_len", "data.path", "data.f
                "data.packing", "data.shuffle_rows", "data.num_workers", "data.tokenizer", "data.vocab_size",
                "data.spm_model_type",
                "data.spm_model_file", "data.spm_max_documents", "data.bpe_vocab_file", "data.bpe_merges_file",
-               "data.tiktoken_file", "data.tiktoken_pattern", "data.tokenizer_dir", "task.name")
+               "data.tiktoken_file", "data.tiktoken_pattern", "data.tokenizer_dir", "task.name",
+               "sft.template", "sft.train_on", "sft.system_prompt", "sft.prompt_field", "sft.response_field",
+               "sft.messages_field")
 
 
 def gather_states(local_state: dict) -> dict:
@@ -68,7 +70,9 @@ def config_value(cfg: dict, dotted: str):
 
 
 # A checkpoint older than a stream key ran with the behaviour that key's absence meant.
-ABSENT_MEANS = {"data.shuffle_rows": 0, "data.tokenizer_dir": "", "task.name": "lm"}
+ABSENT_MEANS = {"data.shuffle_rows": 0, "data.tokenizer_dir": "", "task.name": "lm", "sft.template": "auto",
+                "sft.train_on": "response", "sft.system_prompt": "", "sft.prompt_field": "prompt",
+                "sft.response_field": "response", "sft.messages_field": "messages"}
 
 
 def check_same_stream(saved_config: dict, config: dict) -> None:

@@ -4,7 +4,8 @@ A resume continues one run, so anything that would make the continued run differ
 uninterrupted one is refused with one line naming it (and both values); `--fresh` starts over:
 - the data stream's settings (data_state.STREAM_KEYS),
 - the model: every model.* key but a few that leave the results as they are (MODEL_KEYS_FREE),
-  finetune.freeze (what trains), lora.* (the adapters),
+  finetune.freeze (what trains), task.name and classify.* (a classifier's head and its labels' order),
+  lora.* (the adapters),
   and train.microbatches when dropout draws masks per microbatch,
 - the tokenizer and the data themselves: fingerprints saved in the checkpoint's meta (a file
   edited in place keeps its path, so a path in the config says nothing about its contents).
@@ -50,6 +51,9 @@ def check_same_model(saved_config: dict, config: dict) -> None:
     keys.append("train.microbatches")
   if "finetune" in saved_config:  # which parameters train decides the optimizer state's very shape
     keys.append("finetune.freeze")
+  if "task" in saved_config:  # the objective, and a classifier's head and label order
+    keys.append("task.name")
+    keys += [f"classify.{k}" for k in (config.get("classify") or {}) if k in (saved_config.get("classify") or {})]
   if "lora" in saved_config:      # the adapters' shapes, places and function
     keys += [f"lora.{k}" for k in ("rank", "alpha", "dropout", "targets")]
   changed = [_both(saved_config, config, k) for k in keys if _differs(saved_config, config, k)]

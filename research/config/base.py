@@ -62,7 +62,31 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = model_defaults()
 
   c.task = ml_collections.ConfigDict()
-  c.task.name = "lm"             # the objective (research/tasks): lm (next-token prediction)
+  c.task.name = "lm"             # the objective (research/tasks): lm (next-token prediction) | sft
+                                 # (supervised finetuning: the loss on replies to prompts) | classify (a label
+                                 # per text: research/tasks/classify.py)
+
+  c.sft = ml_collections.ConfigDict()  # task.name=sft (research/tasks/sft.py)
+  c.sft.template = "auto"        # the chat template: auto (the tokenizer's own, from its tokenizer_config.json /
+                                 # chat_template.jinja) | chatml | llama3 | plain ("### Instruction:" /
+                                 # "### Response:", for tokenizers trained here; research/data/chat_templates.py)
+  c.sft.train_on = "response"    # response: the loss on the replies (each ending with EOS) alone | all: every token
+  c.sft.system_prompt = ""       # a system message put first in every conversation without one ("": none)
+  c.sft.prompt_field = "prompt"  # a one-turn record's prompt (user) ...
+  c.sft.response_field = "response"  # ... and its reply (assistant)
+  c.sft.messages_field = "messages"  # a conversation: [{"role": system|user|assistant, "content": ...}, ...]
+
+  c.classify = ml_collections.ConfigDict()  # task.name=classify
+  c.classify.labels = ()         # the label names in class order; (): the training split's labels, sorted
+                                 # (numerically when all are integers). The run saves the labels it used here,
+                                 # so its checkpoints map class indices back to names
+  c.classify.label_counts = ()   # set by the run: training examples per label (class weights, the baseline)
+  c.classify.pooling = "last"    # last (the last text token: a decoder's summary of the whole text) | mean |
+                                 # attention (additive attention with a learned query) | cls (first token:
+                                 # encoders only)
+  c.classify.dropout = 0.1       # dropout on the pooled vector, before the output layer (train only)
+  c.classify.class_weights = "none"  # none | balanced (each class weighted n / (classes x n_class) in the
+                                 # loss, train and eval alike, for skewed labels)
 
   c.finetune = ml_collections.ConfigDict()
   # Start from another run's parameters: a workdir (its newest step), a step directory, or a converted
@@ -91,7 +115,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Sources: data.mixture if set, else data.tfds_name if set, else the local corpus at data.path.
   c.data.path = ""               # local corpus: a file, a directory (its .txt/.jsonl/.csv) or a glob
   c.data.format = "auto"         # auto (by extension) | text | jsonl | csv (a header row)
-  c.data.text_field = "text"     # jsonl: the field that holds the text
+  c.data.text_field = "text"     # jsonl/csv: the field that holds the text
+  c.data.label_field = "label"   # jsonl/csv, task.name=classify: the field that holds the label (str or int)
   c.data.doc_split = "file"      # text: one document per file | blank_lines (paragraphs/speeches)
   c.data.val_files = ()          # file names / globs (matched on the name) held out for validation
   c.data.val_fraction = 0.1      # when val_files is empty: the last fraction of each file
@@ -103,6 +128,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tfds_text_feature = "text"
   c.data.mixture = ()            # ((source, weight), ...): source is a local path/glob or "tfds:NAME"
   c.data.packing = "pack"        # pack (whole documents, segment ids, no cross-document attention) | chunk
+                                 # (lm: concatenated, cut into rows) | pad (one example per row: sft, classify)
   c.data.shuffle_rows = 1024     # training rows are shuffled in windows of this many rows (per stream) after
                                  # packing/chunking, so a document longer than a row is not read in order
                                  # (memory: about rows x seq_len x 20 bytes per stream); 0 or 1: off
@@ -137,6 +163,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 200       # 0: only at the end
   c.train.eval_at_start = False  # also evaluate before the first step (a finetuning run's starting point)
   c.train.eval_batches = 20      # batches of train.batch_size sequences per evaluation (0: whole split)
+  c.train.early_stopping_patience = 0  # > 0: stop after this many evaluations in a row without improving
+                                 # checkpoint.best_metric (by checkpoint.best_mode); the best step is kept
+                                 # (checkpoint.keep_best >= 1) and its parameters restored at the end; 0: off
+  c.train.early_stopping_min_delta = 0.0  # an improvement must beat the best by more than this
   c.train.nonfinite = "stop"     # on a NaN/Inf loss, gradient or updated parameters: stop | skip (skip
                                  # the update, count it)
   c.train.max_consecutive_skips = 10  # skip: stop the run after this many skipped steps in a row (a run
@@ -167,6 +197,10 @@ def base_config() -> ml_collections.ConfigDict:
   # weight decay. Default: norms, biases, embeddings (token and position).
   c.optimizer.no_decay = (r"_norm/", r"/bias$", r"^(embed|pos_embed)/")
   c.optimizer.grad_clip_norm = 1.0   # 0: no clipping
+  # L2 regularisation is optimizer.weight_decay (decoupled, AdamW). L1: l1 * sum |w| over the parameters
+  # matching optimizer.l1_patterns is added to the training loss (its gradient l1 * sign(w)); 0: off.
+  c.optimizer.l1 = 0.0
+  c.optimizer.l1_patterns = ()       # regexes of (trainable) parameter paths; (): those weight decay applies to
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 1000    # save every this many steps (0: not by steps)

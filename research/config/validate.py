@@ -30,7 +30,11 @@ CHOICES = {
     "data.tiktoken_pattern": ("gpt2", "cl100k"),
     "data.format": ("auto", "text", "jsonl", "csv"),
     "data.doc_split": ("file", "blank_lines"),
-    "data.packing": ("pack", "chunk"),
+    "data.packing": ("pack", "chunk", "pad"),
+    "sft.train_on": ("response", "all"),
+    "sft.template": ("auto", "chatml", "llama3", "plain"),  # research/data/chat_templates.py's, and auto
+    "classify.pooling": ("last", "mean", "attention", "cls"),
+    "classify.class_weights": ("none", "balanced"),
     "data.spm_model_type": ("unigram", "bpe", "char", "word"),
     "train.nonfinite": ("stop", "skip"),
     "model.remat": ("none", "full", "dots_saveable", "dots_no_batch_saveable", "attn_out_saveable",
@@ -52,12 +56,31 @@ NON_NEGATIVE = ("model.vocab_size", "model.num_kv_heads", "model.head_dim", "mod
                 "checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.keep_every_steps",
                 "checkpoint.keep_best", "data.streams", "data.shuffle_rows", "train.profile_start_step",
                 "train.profile_stop_step", "train.cost_per_device_hour",
-                "train.max_consecutive_skips", "model.sliding_window", "lora.rank")
+                "train.max_consecutive_skips", "model.sliding_window", "train.early_stopping_patience",
+                "train.early_stopping_min_delta", "optimizer.l1", "lora.rank")
 
 # Tuple keys whose elements are strings: an empty default says nothing about the element type, and
 # '--config.data.val_files=1,2' must give file names, not ints (cli.py parses them as strings).
-STRING_TUPLES = ("data.val_files", "optimizer.no_decay", "finetune.init_new", "finetune.freeze", "lora.targets")
-REGEX_TUPLES = ("optimizer.no_decay", "finetune.init_new", "finetune.freeze", "lora.targets")
+STRING_TUPLES = ("data.val_files", "optimizer.no_decay", "finetune.init_new", "finetune.freeze",
+                 "classify.labels", "optimizer.l1_patterns", "lora.targets")
+REGEX_TUPLES = ("optimizer.no_decay", "finetune.init_new", "finetune.freeze", "optimizer.l1_patterns",
+                "lora.targets")
+
+
+# data.packing per task: documents are cut into rows (lm), examples never are (sft); a classifier reads
+# one text per row (its pooling has no segments).
+TASK_PACKINGS = {"lm": ("pack", "chunk"), "sft": ("pack", "pad"), "classify": ("pad",)}
+
+
+def _check_task_data(cfg) -> None:
+  """What the task's rows need from data.packing, and the sft.* keys."""
+  allowed = TASK_PACKINGS.get(cfg.task.name)
+  if allowed and cfg.data.packing not in allowed:
+    raise ConfigError(f"data.packing={cfg.data.packing} does not fit task.name={cfg.task.name}; it takes "
+                      f"{' | '.join(allowed)}")
+  for key in ("prompt_field", "response_field", "messages_field"):
+    if not cfg.sft[key]:
+      raise ConfigError(f"sft.{key} is empty; it names a field of the records")
 
 
 def _model_choices(arch: str) -> dict[str, tuple]:
@@ -233,6 +256,7 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int, need_data:
   if cfg.data.tokenizer == "hf" and not cfg.data.tokenizer_dir:
     raise ConfigError("data.tokenizer=hf needs data.tokenizer_dir: a Hugging Face tokenizer directory "
                       "(tokenizer.json, vocab.json + merges.txt, or tokenizer.model)")
+  _check_task_data(cfg)
   if need_data and not (cfg.data.path or cfg.data.tfds_name or cfg.data.mixture):
     raise ConfigError("data.path is empty (and no data.tfds_name or data.mixture); give a text file, "
                       "a directory or a glob")
@@ -241,3 +265,21 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int, need_data:
                       f"{t.profile_stop_step}: trace steps [start, stop) need 1 <= start < stop")
   if t.sample_temperature < 0:
     raise ConfigError(f"train.sample_temperature={t.sample_temperature} must be >= 0")
+  if t.early_stopping_patience and not t.eval_every:
+    raise ConfigError(f"train.early_stopping_patience={t.early_stopping_patience} counts evaluations during "
+                      "training, and train.eval_every=0 evaluates only at the end; set train.eval_every")
+  if cfg.task.name == "classify":
+    _validate_classify(cfg)
+
+
+def _validate_classify(cfg) -> None:
+  c = cfg.classify
+  if not 0.0 <= c.dropout < 1.0:
+    raise ConfigError(f"classify.dropout={c.dropout} must be in [0, 1)")
+  if c.pooling == "cls" and cfg.model.arch == "decoder":
+    raise ConfigError("classify.pooling=cls takes the first token, which a causal decoder computes from that "
+                      "token alone; with model.arch=decoder use last, mean or attention")
+  labels = tuple(c.labels)
+  if labels and (len(labels) < 2 or len(set(labels)) != len(labels) or not all(labels)):
+    raise ConfigError(f"classify.labels={labels!r} must be two or more distinct, non-empty names (or () to "
+                      "take the training split's)")

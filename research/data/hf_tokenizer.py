@@ -11,6 +11,8 @@ with it.
   (transformers' `split_special_tokens=True`). `add_bos` says whether the model expects BOS first:
   for tokenizer.json whether its post-processor puts bos first (what transformers 5 does), else
   `add_bos_token` in tokenizer_config.json.
+- encode_with_special_tokens() reads special-token text as those tokens: a chat template's markup
+  ("<|im_start|>", "</s>"), which transformers' apply_chat_template tokenizes so too.
 - A tokenizer.json is read as it is; transformers 5 rebuilds some classes' pipelines itself
   (LlamaTokenizer puts no "▁" before a text that starts with a space, where the file and
   SentencePiece do), so on such texts ours follows the file.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Sequence
 
 from research.data.bpe_tokenizers import ENDOFTEXT, PATTERNS, _digest
@@ -69,6 +72,10 @@ class HFTokenizer:
                                *(i for i in ids.values() if i is not None)])
     self._skip = {self.bos_id, self.eos_id, self.pad_id, *(i for i, special in added.values() if special)}
     self.chat_template = _chat_template(config, directory)
+    self.special_tokens = {k: named.get(k) for k in SPECIAL_KEYS}  # their text: chat templates read them
+    # Each special token's text -> its id: what a chat template's markup means.
+    self.special_token_ids = {**{named[k]: i for k, i in ids.items() if named.get(k) and i is not None},
+                              **self._backend.special_token_ids, **{t: i for t, (i, s) in added.items() if s}}
     parts = []
     for name in self.files:
       with open(path(name), "rb") as f:
@@ -77,6 +84,18 @@ class HFTokenizer:
 
   def encode(self, text: str) -> list[int]:
     return self._backend.encode(text)
+
+  def encode_with_special_tokens(self, text: str) -> list[int]:
+    """encode(), except that the text of a special token is that token (a chat template's markup)."""
+    if hasattr(self._backend, "encode_with_special_tokens"):
+      return self._backend.encode_with_special_tokens(text)
+    if not self.special_token_ids:
+      return self.encode(text)
+    ids = []  # split at special tokens (longest first), the text between encoded as ordinary text
+    pattern = "|".join(re.escape(t) for t in sorted(self.special_token_ids, key=len, reverse=True))
+    for i, part in enumerate(re.split(f"({pattern})", text)):
+      ids += [self.special_token_ids[part]] if i % 2 else (self.encode(part) if part else [])
+    return ids
 
   def decode(self, ids: Sequence[int]) -> str:
     return self._backend.decode([int(i) for i in ids if 0 <= int(i) < self.vocab_size and int(i) not in self._skip])
@@ -113,9 +132,11 @@ class _TokenizerJson:
       raise DataError(f"{path}: not a tokenizers file ({str(e).splitlines()[0]})") from None
     self._tok.no_truncation()  # a file may ship truncation/padding for its model's context
     self._tok.no_padding()
+    self._markup = Tokenizer.from_str(self._tok.to_str())  # the same, reading special-token text as the token
     self._tok.encode_special_tokens = True  # special-token text is ordinary text
     self.size = max(self._tok.get_vocab(with_added_tokens=True).values()) + 1
     self.defaults = {}
+    self.special_token_ids = {t.content: i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
     # The id the post-processor puts before a text (None: none; False: there is no post-processor).
     self.post_processor_bos = False
     if self._tok.post_processor is not None:
@@ -129,6 +150,9 @@ class _TokenizerJson:
   def encode(self, text: str) -> list[int]:
     return self._tok.encode(text, add_special_tokens=False).ids
 
+  def encode_with_special_tokens(self, text: str) -> list[int]:
+    return self._markup.encode(text, add_special_tokens=False).ids
+
   def decode(self, ids: list[int]) -> str:
     return self._tok.decode([i for i in ids if i < self.size], skip_special_tokens=True)
 
@@ -136,6 +160,7 @@ class _TokenizerJson:
 class _GPT2Files:
   post_processor_bos = False
   file = "vocab.json"
+  special_token_ids: dict = {}
 
   def __init__(self, vocab_file: str, merges_file: str, eos_token: str):
     from research.data.bpe_tokenizers import GPT2BPETokenizer
@@ -167,6 +192,8 @@ class _SentencePieceModel:
     ids = {"bos_token": self._sp.bos_id(), "eos_token": self._sp.eos_id(), "pad_token": self._sp.pad_id(),
            "unk_token": self._sp.unk_id()}
     self.defaults = {k: self._sp.id_to_piece(i) for k, i in ids.items() if i >= 0}
+    self.special_token_ids = {self._sp.id_to_piece(i): i for i in range(self.size)
+                              if self._sp.is_control(i) or self._sp.is_unknown(i)}
 
   def token_id(self, token: str) -> int | None:
     i = self._sp.piece_to_id(token)  # the unknown id for a piece it lacks

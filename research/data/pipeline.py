@@ -171,4 +171,6 @@ def build_pipeline(data_cfg, row_format: RowFormat, log=print, tokenizer: Tokeni
         + (f", weight {s.weight:g}" if len(sources) > 1 else "")
         + (f", {s.skipped_records} bad record(s) skipped" if s.skipped_records else ""))
   log(f"data: tokenizer {tokenizer.fingerprint}, vocab {tokenizer.vocab_size}; packing={data_cfg.packing}")
+  for line in row_format.describe(sources, tokenizer) if row_format.describe else ():
+    log(line)
   return DataPipeline(data_cfg, tokenizer, sources, row_format)

@@ -6,9 +6,11 @@ are shared (research/train, research/checkpoint) and call into the task.
 """
 from research.config import ConfigError
 from research.tasks.base import Field, Task
+from research.tasks.classify import Classification
 from research.tasks.lm import LanguageModeling
+from research.tasks.sft import SupervisedFinetuning
 
-TASKS = {"lm": LanguageModeling}
+TASKS = {"lm": LanguageModeling, "sft": SupervisedFinetuning, "classify": Classification}
 
 
 def get_task(cfg) -> Task:

@@ -9,6 +9,7 @@ manager must not know:
   loss(model, batch, rng) -> (loss_sum, weight_sum, sums): summable statistics, so gradient
                     accumulation, several hosts and evaluation average exactly
   metrics(sums)     summed statistics -> named metrics; evaluation writes eval_<name> for each
+  eval_report(sums) more than scalars (per-class figures, a confusion matrix): eval/<step>.json
   at_end(...)       what the run reports when training ends (samples, baselines)
 
 Shape legend: B batch, L length.
@@ -52,10 +53,34 @@ class Task:
     """Completes `cfg` once the tokenizer is known (None: a dry run with an explicit vocabulary);
     `data` is the run's DataPipeline when it was opened (e.g. to read the labels), else None."""
 
+  def prepare_reads_data(self) -> bool:
+    """Whether prepare() needs the data even when the run reads no batches (a dry run): a classifier
+    whose labels come from the training split."""
+    return False
+
+  def adopt_checkpoint(self, cfg, saved_cfg, log) -> None:
+    """Takes what this task needs from the config of the checkpoint a finetuning run starts from (or,
+    resuming, its own), beside its architecture (e.g. a classifier's labels); nothing by default."""
+
+  def describe(self) -> list[str]:
+    """Lines for the start of the run's log about what prepare() found (labels, truncations)."""
+    return []
+
   def model_extensions(self) -> tuple:
     """Callables (model, rngs) -> None that add this task's parameters to the backbone in place (a
     classifier head); () for tasks that use the backbone as it is."""
     return ()
+
+  def extension_params(self) -> int:
+    """The parameters model_extensions() add (exact, from the config): the trainer checks the
+    architecture's count plus these against the built model."""
+    return 0
+
+  def flops_per_token(self, seq_len: int) -> float:
+    """Training FLOPs per token of this task's model (the architecture's count, research/models:
+    backbone and language-model head)."""
+    from research.models import flops_per_token
+    return flops_per_token(self.cfg.model, seq_len)
 
   def batch_spec(self) -> dict[str, Field]:
     raise NotImplementedError
@@ -68,6 +93,15 @@ class Task:
 
   def metrics(self, sums: dict[str, float]) -> dict[str, float]:
     raise NotImplementedError
+
+  def eval_report(self, sums: dict) -> dict | None:
+    """A JSON-able report of one evaluation beyond its scalar metrics, written to eval/<step>.json
+    (None: nothing to write)."""
+    return None
+
+  def report_figures(self, report: dict, step: int) -> dict[str, bytes]:
+    """Figures of the run's final evaluation report: file name -> PNG bytes, written under eval/."""
+    return {}
 
   def synthetic_batch(self, rows: int, seq_len: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Random rows in the batch spec's layout, for benchmarks and tests without data."""

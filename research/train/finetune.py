@@ -38,7 +38,8 @@ def adopt_checkpoint_model(cfg, log, source: str | None = None) -> None:
   if source is None:
     resolve_init_from(cfg)
     source = cfg.finetune.init_from
-  saved = read_config(source).model  # keys added since it was written hold their defaults
+  saved_cfg = read_config(source)  # keys added since it was written hold their defaults
+  saved = saved_cfg.model
   changed = []
   for key in cfg.model:
     if key in RUNTIME_MODEL_KEYS:
@@ -52,6 +53,8 @@ def adopt_checkpoint_model(cfg, log, source: str | None = None) -> None:
   log(f"finetune: the model of {source} ({saved.get('family', '?')}, {saved.num_layers} layers, "
       f"width {saved.embed_dim}, vocab {saved.vocab_size})" + (f"; from the checkpoint: {', '.join(changed)}"
                                                                if changed else ""))
+  from research.tasks import get_task
+  get_task(cfg).adopt_checkpoint(cfg, saved_cfg, log)
 
 
 def checkpoint_tokenizer(cfg, cache_dir: str, log, source: str | None = None):

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from research.train import mfu as mfu_lib
-from research.train.evaluation import evaluate
+from research.train.evaluation import evaluate_sums
 
 
 class NonFiniteError(RuntimeError):
@@ -21,8 +21,10 @@ class NonFiniteError(RuntimeError):
 class StepLog:
   """finish(step, metrics) after each step; evaluate(step, params) at evaluation points."""
 
-  def __init__(self, cfg, task, writer, progress, eval_fn, eval_batches, flops_per_token: float, peak: float):
+  def __init__(self, cfg, task, writer, progress, eval_fn, eval_batches, flops_per_token: float, peak: float,
+               reports=None):
     self.t, self.task = cfg.train, task
+    self.reports, self.report = reports, None  # reports: EvalReports (eval/<step>.json) or None
     self.writer, self.progress = writer, progress
     self.eval_fn, self.eval_batches = eval_fn, eval_batches
     self.fpt, self.peak = flops_per_token, peak
@@ -37,13 +39,25 @@ class StepLog:
     """Time since the last step (evaluation, saving) is not training throughput."""
     self.t0 = time.time()
 
-  def evaluate(self, step: int, params) -> dict[str, float]:
-    """The task's metrics on the fixed validation batches, written as eval_<name>."""
-    metrics = evaluate(self.eval_fn, params, self.eval_batches, self.task.metrics)
+  def evaluate(self, step: int, params, record: bool = True) -> dict[str, float]:
+    """The task's metrics on the fixed validation batches, written as eval_<name> (and the task's
+    report to eval/<step>.json) unless not `record` (a step evaluated again: the best, restored)."""
+    sums = evaluate_sums(self.eval_fn, params, self.eval_batches)
+    metrics = self.task.metrics(sums)
     assert tuple(metrics) == self.task.metric_names, f"{self.task.name}: metrics {tuple(metrics)} vs metric_names"
-    self.writer.write(step, {f"eval_{k}": v for k, v in metrics.items()})
-    self.progress.write(f"step {step}: " + " ".join(f"eval_{k} {v:.4f}" for k, v in metrics.items()))
+    self.report = self.task.eval_report(sums)
+    if record:
+      self.writer.write(step, {f"eval_{k}": v for k, v in metrics.items()})
+      self.progress.write(f"step {step}: " + " ".join(f"eval_{k} {v:.4f}" for k, v in metrics.items()))
+      if self.report is not None and self.reports is not None:
+        self.reports.write(step, self.report)
     return {f"eval_{k}": v for k, v in metrics.items()}
+
+  def write_figures(self, step: int) -> list[str]:
+    """The task's figures of the last evaluation's report (the run's final one) under eval/."""
+    if self.report is None or self.reports is None:
+      return []
+    return self.reports.write_files(self.task.report_figures(self.report, step))
 
   def finish(self, step: int, metrics) -> None:
     """Host side of step `step` (1-based), run after step+1 was dispatched so the device never waits."""
@@ -64,6 +78,8 @@ class StepLog:
                 "tokens_per_sec": tps, "mfu": mfu_lib.mfu(self.fpt, tps, self.peak),
                 "step_time_ms": 1000 * elapsed / self.steps, "skipped_steps": int(m["skipped_steps"]),
                 "tokens_seen": step * self.tokens_per_step}
+      if "l1_penalty" in m:
+        record["l1_penalty"] = float(m["l1_penalty"])
       self.writer.write(step, record)
       self.progress.update(step, f"loss {record['loss']:.4f} lr {record['learning_rate']:.2e} "
                            f"{tps:,.0f} tok/s mfu {100 * record['mfu']:.1f}%", log_line=True)

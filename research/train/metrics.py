@@ -58,6 +58,35 @@ class MetricsWriter:
       self._tb.close()
 
 
+class EvalReports:
+  """A task's evaluation reports: DIR/eval/<step>.json, and figures beside them (process 0 only)."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.directory, self.enabled = epath.Path(workdir) / "eval", enabled
+
+  def write(self, step: int, report: dict) -> None:
+    if self.enabled:
+      self.directory.mkdir(parents=True, exist_ok=True)
+      (self.directory / f"{int(step)}.json").write_text(json.dumps(_json_safe(report), indent=1))
+
+  def write_files(self, files: dict[str, bytes]) -> list[str]:
+    """Writes each name -> bytes; returns the paths written."""
+    if not self.enabled:
+      return []
+    self.directory.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+      (self.directory / name).write_bytes(data)
+    return [str(self.directory / name) for name in files]
+
+
+def _json_safe(value):
+  if isinstance(value, dict):
+    return {str(k): _json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  return _clean(value)
+
+
 class Progress:
   """A tqdm bar on a terminal; plain lines (one per log) otherwise, e.g. under CI or SLURM."""
 

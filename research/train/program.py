@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from research.models import abstract_model
 from research.tasks import model_extensions
 from research.sharding import activation_rules, config_rules, logical_to_spec
-from research.train.optimizer import make_optimizer
+from research.train.optimizer import make_l1_penalty, make_optimizer
 from research.train.state import TrainState, make_init_fn, state_shardings
 from research.train.step import make_eval_step, make_train_step
 from research.train.trainable import Partition, lora_own, run_partition
@@ -32,6 +32,7 @@ class TrainProgram:
   partition: Partition             # trainable / frozen parameters
   optimizer: optax.GradientTransformation
   schedule: optax.Schedule
+  l1_penalty: Callable | None      # optimizer.l1's penalty on the trainable parameters (None: off)
   shardings: TrainState            # a TrainState of NamedShardings
   batch_shardings: dict            # batch key -> NamedSharding, from the task's logical axes
   replicated: NamedSharding
@@ -64,7 +65,7 @@ class TrainProgram:
     """Lowers and compiles ahead of time: (state, batch) -> (state, metrics); the state is donated."""
     t = self.cfg.train
     step = jax.jit(make_train_step(self.graphdef, self.optimizer, self.schedule, self.task, t.microbatches,
-                                   self.partition),
+                                   self.partition, self.l1_penalty),
                    in_shardings=(self.shardings, self.batch_shardings),
                    out_shardings=(self.shardings, self.replicated), donate_argnums=0)
     with activation_rules(self.mesh, self.rules):
@@ -108,10 +109,11 @@ def build_program(cfg, mesh: jax.sharding.Mesh, task=None) -> TrainProgram:
   partition.check(abstract_params)
   trainable, _ = partition.split(abstract_params)
   optimizer, schedule = make_optimizer(cfg.optimizer, cfg.train.num_steps, trainable)
+  l1_penalty = make_l1_penalty(cfg.optimizer, trainable)
   batch_shardings = {k: NamedSharding(mesh, logical_to_spec(f.axes, rules, mesh))
                      for k, f in task.batch_spec().items()}
   return TrainProgram(
       cfg=cfg, task=task, mesh=mesh, rules=rules, graphdef=graphdef, abstract_params=abstract_params,
-      partition=partition, optimizer=optimizer, schedule=schedule,
+      partition=partition, optimizer=optimizer, schedule=schedule, l1_penalty=l1_penalty,
       shardings=state_shardings(mesh, rules, optimizer, abstract_params, names, partition),
       batch_shardings=batch_shardings, replicated=NamedSharding(mesh, PartitionSpec()))

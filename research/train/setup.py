@@ -27,15 +27,20 @@ def complete_config(cfg, num_devices: int, log=print, need_data: bool = True,
     adopt_checkpoint_model(cfg, log, model_source)
   # The vocabulary, when model.vocab_size is 0, comes from a tokenizer: a checkpoint's, or the corpus'.
   vocab_from_data = cfg.model.vocab_size == 0 and not (cfg.finetune.init_from or model_source)
-  validate_config(cfg, num_devices, need_data=need_data or vocab_from_data, **validate_kwargs)
+  reads_data = need_data or vocab_from_data or task.prepare_reads_data()
+  validate_config(cfg, num_devices, need_data=reads_data, **validate_kwargs)
+  if cfg.train.early_stopping_patience and not cfg.checkpoint.keep_best:
+    cfg.checkpoint.keep_best = 1  # early stopping returns to its best step: the checkpoints must keep it
+    log("checkpoint: keep_best=1, so early stopping keeps the best step to restore")
   return prepare_task(cfg, log, need_data, open_data, adopt_model=False, model_source=model_source)
 
 
 def prepare_task(cfg, log=print, need_data: bool = True, open_data: Callable | None = None,
                  adopt_model: bool = True, model_source: str | None = None) -> tuple[Task, object]:
   """(task, data pipeline or None), with what the task completes from the tokenizer filled in. The
-  data is opened when `need_data`, or when the vocabulary is still unknown (model.vocab_size=0 and
-  no checkpoint tokenizer): a dry run with an explicit vocabulary needs no corpus.
+  data is opened when `need_data`, when the vocabulary is still unknown (model.vocab_size=0 and no
+  checkpoint tokenizer), or when the task completes itself from the data (a classifier's labels):
+  a dry run with an explicit vocabulary needs no corpus.
   open_data(cfg, row_format, tokenizer) -> DataPipeline (default: build_pipeline in this process).
   adopt_model: take finetune.init_from's architecture (complete_config did it before validating)."""
   task = get_task(cfg)
@@ -47,7 +52,7 @@ def prepare_task(cfg, log=print, need_data: bool = True, open_data: Callable | N
       finetune.adopt_checkpoint_model(cfg, log, model_source)
     tokenizer = finetune.checkpoint_tokenizer(cfg, cfg.data.cache_dir or default_cache_dir(), log, model_source)
   data = None
-  if need_data or (cfg.model.vocab_size == 0 and tokenizer is None):
+  if need_data or (cfg.model.vocab_size == 0 and tokenizer is None) or task.prepare_reads_data():
     if open_data is None:
       from research.data import build_pipeline
       data = build_pipeline(cfg.data, task.row_format(), log=log, tokenizer=tokenizer)

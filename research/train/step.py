@@ -36,7 +36,8 @@ def _split_microbatches(batch, num: int):
 
 
 def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule: optax.Schedule, task,
-                    microbatches: int = 1, partition: Partition | None = None) -> Callable:
+                    microbatches: int = 1, partition: Partition | None = None,
+                    l1_penalty: Callable | None = None) -> Callable:
   """Returns train_step(state, batch) -> (state, metrics).
 
   The gradient is the mean over all weighted tokens of the global batch, accumulated over
@@ -44,6 +45,9 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule:
   loss, gradient or resulting parameters are not finite is not applied (params and optimizer state
   stay as they were); `metrics['finite']` tells the host, which stops or counts per `train.nonfinite`
   (`metrics['update_finite']` says whether the parameters were the cause).
+  `l1_penalty` (optimizer.make_l1_penalty): trainable -> (value, gradient), added after the mean, so
+  the gradient is that of mean loss + l1 * sum |w|; metrics['loss'] stays the task's loss (as
+  eval_loss is) and metrics['l1_penalty'] holds the penalty.
   """
   partition = partition or Partition()
 
@@ -71,7 +75,11 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule:
           body, init, (_split_microbatches(batch, microbatches), jnp.arange(microbatches)))
     denom = jnp.maximum(weight_sum, 1.0)
     loss = loss_sum / denom
-    grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, trainable)
+    if l1_penalty is None:
+      grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, trainable)
+    else:
+      penalty, penalty_grads = l1_penalty(trainable)
+      grads = jax.tree.map(lambda g, q, p: (g / denom + q).astype(p.dtype), grads, penalty_grads, trainable)
     grad_norm = optax.global_norm(grads)
 
     updates, new_opt_state = optimizer.update(grads, state.opt_state, trainable)
@@ -91,6 +99,8 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule:
     )
     metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(applied),
                "finite": finite, "update_finite": update_finite, "skipped_steps": new_state.skipped_steps, "tokens": weight_sum}
+    if l1_penalty is not None:
+      metrics["l1_penalty"] = penalty
     return new_state, metrics
 
   return train_step

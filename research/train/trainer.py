@@ -29,17 +29,19 @@ from research.checkpoint.manager import code_version
 from research.checkpoint.resume_checks import check_resumable
 from research.checkpoint.tokenizer_item import tokenizer_item
 from research.config import ConfigError
-from research.models import count_params, flops_per_token
+from research.models import count_params
 from research.models.lora import adapter_count
 from research.paths import absolute
 from research.perf.compiled import compiler_flops, format_memory, memory_report
 from research.sharding import make_mesh
 from research.train import mfu as mfu_lib
+from research.train.early_stopping import EarlyStopping
 from research.train.loop import NonFiniteError, StepLog
-from research.train.metrics import MetricsWriter, Progress
+from research.train.metrics import EvalReports, MetricsWriter, Progress
 from research.train.profiler import StepProfiler
 from research.train.program import TrainProgram, build_program
 from research.train.schedules import fit_warmup
+from research.train.trainable import join, lora_own
 from research.train.setup import complete_config
 from research.train.workdir import (WorkdirLock, check_resume, move_previous_run_aside,
                                     move_steps_aside, truncate_metrics, write_config)
@@ -164,11 +166,11 @@ def _setup(cfg, log, dry_run: bool, t_start: float, model_source: str | None = N
   mesh = make_mesh(cfg.mesh.shape, devices, cfg.mesh.dcn_shape)
   t = cfg.train
   program = build_program(cfg, mesh, task)
-  n_params = count_params(cfg.model)
+  n_params = count_params(cfg.model) + task.extension_params()
   n_actual = sum(math.prod(x.shape) for x in jax.tree.leaves(program.abstract_params)) - adapter_count(
       program.abstract_params)
   assert n_params == n_actual, f"count_params={n_params} disagrees with the model's {n_actual}"
-  fpt = flops_per_token(cfg.model, t.seq_len)
+  fpt = task.flops_per_token(t.seq_len)
   peak, peak_source = mfu_lib.peak_flops(devices, cfg.model.dtype)
 
   log("config:\n" + str(cfg))
@@ -184,6 +186,8 @@ def _setup(cfg, log, dry_run: bool, t_start: float, model_source: str | None = N
       + (f" + {adapters:,} in LoRA adapters (rank {cfg.lora.rank})" if adapters else "")
       + f", {fpt / 1e6:.2f} MFLOPs/token "
       f"(training, causal attention halved); peak {peak / 1e9:.0f} GFLOP/s ({peak_source})")
+  for line in task.describe():
+    log(line)
 
   t_compile = time.time()
   step_fn = program.compile_train_step()
@@ -249,7 +253,7 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
   start, train_iter, writer, progress, profiler = 0, None, None, None, None
   completed = False
   try:
-    state, data_state, start = _restore_or_init(run, checkpointer, resume, starting_over, ckpt_dir)
+    state, data_state, start, saved_meta = _restore_or_init(run, checkpointer, resume, starting_over, ckpt_dir)
     streams = resolve_streams(cfg, data_state)
     train_iter = iter(data.train_dataset(t.batch_size, t.seq_len, cfg.seed, streams, pid, nproc))
     if data_state is not None:
@@ -283,13 +287,16 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
     if skipped_records:
       writer.write(0, {"skipped_records": skipped_records})
     progress = Progress(t.num_steps, start, enabled=run.is_main, live=t.progress and sys.stderr.isatty())
-    step_log = StepLog(cfg, run.task, writer, progress, program.eval_step(), eval_batches, run.fpt, run.peak)
+    step_log = StepLog(cfg, run.task, writer, progress, program.eval_step(), eval_batches, run.fpt, run.peak,
+                       EvalReports(workdir, enabled=run.is_main))
+    stopper = EarlyStopping.from_config(cfg, (saved_meta or {}).get("early_stopping"))
+    last_step = start if stopper is not None and stopper.stopped else t.num_steps  # a stopped run stays stopped
     profiler = StepProfiler(workdir, t.profile_start_step, t.profile_stop_step, log=log)
     data_state_fn = lambda: gather_states(train_iter.get_state())
     initial = step_log.evaluate(0, state.params) if t.eval_at_start and start == 0 else None
     t_loop = time.time()
     pending, preempted, step = None, False, start
-    for step in range(start, t.num_steps):
+    for step in range(start, last_step):
       profiler.before_step(step + 1)
       state, metrics = run.step_fn(state, program.put_batch(next(train_iter)))
       profiler.after_step(step + 1, metrics)
@@ -302,11 +309,14 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
         pending = None
         eval_metrics = step_log.evaluate(step + 1, state.params)
         step_log.exclude_elapsed()
+      keep = stopper is not None and stopper.observe(step + 1, eval_metrics)  # a new best, or the stop
       preempted = watcher.reached(step + 1)
       # The last step is saved at the end, with the final evaluation, unless the run stops here.
       if step + 1 < t.num_steps or not cfg.checkpoint.save_at_end or preempted:
-        checkpointer.maybe_save(step + 1, state, data_state_fn, meta, force=preempted, metrics=eval_metrics)
-      if preempted:
+        checkpointer.maybe_save(step + 1, state, data_state_fn, _with_stopper(meta, stopper),
+                                force=preempted or keep, metrics=eval_metrics)
+      if preempted or (stopper is not None and stopper.stopped):
+        last_step = step + 1
         break
     if pending is not None:
       step_log.finish(*pending)
@@ -321,23 +331,41 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
       log(f"preempted: saved step {step + 1} to {ckpt_dir} ({watcher.signal_name or 'SIGTERM'}); "
           "run the same command to resume")
     else:
-      final = step_log.evaluate(t.num_steps, state.params)
-      if cfg.checkpoint.save_at_end:
-        checkpointer.maybe_save(t.num_steps, state, data_state_fn, meta, force=True, metrics=final)
+      if last_step == t.num_steps:
+        final = step_log.evaluate(t.num_steps, state.params)
+        if stopper is not None:
+          stopper.observe(t.num_steps, final, can_stop=False)
+        if cfg.checkpoint.save_at_end:
+          checkpointer.maybe_save(t.num_steps, state, data_state_fn, _with_stopper(meta, stopper), force=True,
+                                  metrics=final)
+      if stopper is not None:
+        log(stopper.line())
+      if stopper is not None and stopper.best_step not in (None, last_step):
+        checkpointer.wait()  # the best step's parameters, read back from its (kept) checkpoint
+        best = checkpointer.restore(program.checkpoint_view(program.abstract_state()), stopper.best_step)[0].params
+        if cfg.lora.rank:  # a LoRA checkpoint holds the run's own parameters; the frozen base is unchanged
+          best = join(best, lora_own(cfg).split(state.params)[1])
+        state = state.replace(params=best)
+        log(f"early stopping: restored the parameters of step {stopper.best_step}, the best "
+            f"{stopper.metric} {stopper.best_value:.4f}")
+        final = step_log.evaluate(stopper.best_step, state.params, record=False)
+      elif final is None:  # stopped without a finite best to return to: the parameters as they are
+        final = step_log.evaluate(last_step, state.params, record=False)
+      step_log.write_figures(stopper.best_step if stopper is not None and stopper.best_step else last_step)
     completed = True
   finally:
     for part in (profiler, progress, writer):
       if part is not None:
         part.close()
     _close(train_iter, checkpointer, log, failing=not completed)  # waits until every save is durable
-  steps_run = (step + 1 if preempted else t.num_steps) - start
+  steps_run = (step + 1 if preempted else last_step) - start
   compute = mfu_lib.compute_summary(run.fpt, steps_run * t.batch_size * t.seq_len, len(jax.devices()),
                                     time.time() - t_start, t.cost_per_device_hour)
   log(mfu_lib.format_compute_summary(compute) + (f" (this invocation: steps {start + 1}-{start + steps_run})"
                                                  if start else ""))
   if preempted:
     return {"preempted": True, "step": step + 1, "train_seconds": train_seconds, "compute": compute}
-  return _wrap_up(run, state, final, train_seconds, compute, streams, workdir, initial)
+  return _wrap_up(run, state, final, train_seconds, compute, streams, workdir, initial, last_step, stopper)
 
 
 def _own_finetune_source(ckpt_dir: str, steps: list[int], resume) -> str | None:
@@ -355,9 +383,14 @@ def _own_finetune_source(ckpt_dir: str, steps: list[int], resume) -> str | None:
   return None
 
 
+def _with_stopper(meta: dict, stopper: EarlyStopping | None) -> dict:
+  """The checkpoint's meta, with the early-stopping counter a resume continues from."""
+  return meta if stopper is None else dict(meta, early_stopping=stopper.state())
+
+
 def _restore_or_init(run: Run, checkpointer, resume, starting_over: bool, ckpt_dir: str):
-  """(state, the data iterator's saved state or None, first step): the workdir's checkpoint when
-  resuming, else a fresh state (with finetune.init_from's parameters)."""
+  """(state, the data iterator's saved state or None, first step, the step's meta or None): the
+  workdir's checkpoint when resuming, else a fresh state (with finetune.init_from's parameters)."""
   cfg, program, data, log = run.cfg, run.program, run.data, run.log
   lora = cfg.lora.rank > 0
   if starting_over:
@@ -366,7 +399,7 @@ def _restore_or_init(run: Run, checkpointer, resume, starting_over: bool, ckpt_d
       from research.train.finetune import load_initial_params
       state = load_initial_params(cfg, program, state, host_params, log)
       run.lora_base = base_record(cfg.finetune.init_from) if lora else None
-    return state, None, 0
+    return state, None, 0, None
   changed = []  # the resume's checks run on the step's metadata, before its arrays are read
 
   def check(saved_meta):
@@ -376,28 +409,31 @@ def _restore_or_init(run: Run, checkpointer, resume, starting_over: bool, ckpt_d
       check_base(saved_meta[LORA_BASE], f"{ckpt_dir}/{saved_meta['step']}")
       run.lora_base = saved_meta[LORA_BASE]
 
-  state, data_state, _, start = checkpointer.restore(program.checkpoint_view(program.abstract_state()),
-                                                     None if resume == "latest" else int(resume), check)
+  state, data_state, saved_meta, start = checkpointer.restore(program.checkpoint_view(program.abstract_state()),
+                                                              None if resume == "latest" else int(resume), check)
   if lora:
     from research.train.finetune import with_lora_base
     state = with_lora_base(cfg, program, state, run.lora_base)
   log(f"checkpoint: resumed from step {start} ({ckpt_dir})"
       + (f"; changed since: {'; '.join(changed)}" if changed else ""))
-  return state, data_state, start
+  return state, data_state, start, saved_meta
 
 
 def _wrap_up(run: Run, state, final: dict, train_seconds: float, compute, streams: int, workdir: str,
-             initial: dict | None) -> dict:
+             initial: dict | None, last_step: int, stopper: EarlyStopping | None) -> dict:
   """The summary (summary.json), with the task's end-of-run entries, and its log lines."""
   cfg, log, t = run.cfg, run.log, run.cfg.train
-  tokens_seen = t.num_steps * t.batch_size * t.seq_len
+  tokens_seen = last_step * t.batch_size * t.seq_len
   end = run.task.at_end(lambda: host_params(state.params), run.program.graphdef, run.data, log)
   summary = {"preempted": False, "final_eval_loss": final["eval_loss"], "final_eval": final, "initial_eval": initial,
-             **end, "steps": t.num_steps, "tokens_seen": tokens_seen, "train_seconds": train_seconds,
+             **end, "steps": last_step, "tokens_seen": tokens_seen, "train_seconds": train_seconds,
              "total_seconds": time.time() - run.t_start, "skipped_steps": int(jax.device_get(state.skipped_steps)),
              "parameters": run.n_params, "flops_per_token": run.fpt, "compute": compute, "data_streams": streams,
-             "memory_per_device": run.memory}
-  log(f"{run.task.final_line(final, end)} ({t.num_steps} steps, {tokens_seen:,} tokens, "
+             "memory_per_device": run.memory,
+             "stopped": "early_stopping" if stopper is not None and stopper.stopped else "num_steps"}
+  if stopper is not None:  # final_eval is of the best step's parameters, restored
+    summary.update(best_step=stopper.best_step, early_stopping=stopper.summary())
+  log(f"{run.task.final_line(final, end)} ({last_step} steps, {tokens_seen:,} tokens, "
       f"{train_seconds:.0f}s training)")
   for i, text in enumerate(end.get("samples", [])):
     log(f"--- sample {i + 1} ---\n{text.strip()}")
