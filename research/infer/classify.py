@@ -21,8 +21,9 @@ from etils import epath
 from flax import nnx
 
 from research.data.corpus import DataError, read_text
+from research.data.labelled import example_row
 from research.data.rows import Tokenize
-from research.tasks.classify import Classification, example_row
+from research.tasks.classify import Classification
 
 
 def resolve_checkpoint(path: str) -> tuple[str, str]:

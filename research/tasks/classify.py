@@ -6,8 +6,9 @@ Labels: `classify.labels`, or the training split's, sorted (numerically when all
 `prepare` writes them (and the training count of each) into the config, so every checkpoint's
 saved config maps class indices back to names. A validation label outside them stops with its
 file and line.
-Rows: one example per row: [BOS when the tokenizer wants it] text ids EOS, truncated to
-train.seq_len (its first seq_len - 1 tokens and EOS), padded on the right (`data.packing=pad`).
+Rows (research/data/labelled.py): one example per row: [BOS when the tokenizer wants it] text ids
+EOS, truncated to train.seq_len (its first seq_len - 1 tokens and EOS), padded on the right
+(`data.packing=pad`).
 Model: the backbone's hidden states -> `ClassifierHead` (research/models/heads.py) at `cls_head`:
 pooling (`classify.pooling`), dropout (`classify.dropout`), Dense to the classes.
 Loss: cross-entropy per example, times its class weight (`classify.class_weights=balanced`),
@@ -19,88 +20,20 @@ Shape legend: B batch, L length, D embed_dim, C classes.
 """
 from __future__ import annotations
 
-import dataclasses
-
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from research.config import ConfigError
-from research.data.corpus import DataError
-from research.data.records import WHERE, Records, parse
-from research.data.rows import RowFormat, Tokenize
-from research.data.sources import text_of
 from research.models.heads import HEAD_NAME, ClassifierHead, head_flops_per_example, head_params
 from research.tasks import classification_metrics as cm
 from research.tasks.base import Field, Task, token_field
 from research.tasks.lm import resolve_vocab
 
 TRUNCATION_SAMPLE = 20_000  # texts per split tokenized at the start to count those longer than a row
-
-
-@dataclasses.dataclass(frozen=True)
-class LabelledText:
-  """The record check: a non-empty string text and a label (str or int, kept as its string)."""
-  text_field: str
-  label_field: str
-
-  def __call__(self, record: dict) -> dict:
-    text, label = record.get(self.text_field), record.get(self.label_field)
-    if self.text_field not in record:
-      raise ValueError(f"no field {self.text_field!r} (data.text_field); it has: {', '.join(sorted(record))}")
-    if not isinstance(text, str) or not text.strip():
-      raise ValueError(f"the text ({self.text_field!r}) is empty or not a string")
-    if self.label_field not in record:
-      raise ValueError(f"no field {self.label_field!r} (data.label_field); it has: {', '.join(sorted(record))}")
-    if isinstance(label, bool) or not isinstance(label, (str, int)) or not str(label).strip():
-      raise ValueError(f"the label ({self.label_field!r}) is {label!r}; labels are non-empty strings or integers")
-    return {"text": text, "label": str(label).strip()}
-
-
-def label_order(labels) -> list[str]:
-  """Sorted; numerically when every label is an integer ('2' before '10')."""
-  labels = set(labels)
-  numeric = all(l.lstrip("-").isdigit() for l in labels)
-  return sorted(labels, key=(lambda l: (int(l), l)) if numeric else None)
-
-
-class EncodeExample(grain.transforms.Map):
-  """record (a stored document) -> {'ids': [BOS] text ids EOS, 'label': class index}."""
-
-  def __init__(self, tokenizer, feature: str, labels: tuple[str, ...]):
-    self.tokenize = Tokenize(tokenizer, feature)
-    self.feature, self.index = feature, {label: i for i, label in enumerate(labels)}
-
-  def map(self, record) -> dict:
-    fields = parse(text_of(record, self.feature))
-    return {"ids": self.tokenize.map({self.feature: fields["text"]}),
-            "label": np.int32(self.index[fields["label"]])}
-
-
-def example_row(ids: np.ndarray, label: int, seq_len: int) -> dict:
-  """One padded row; a longer text keeps its first seq_len - 1 tokens and its last (EOS)."""
-  if len(ids) > seq_len:
-    ids = np.concatenate([ids[:seq_len - 1], ids[-1:]])
-  inputs, mask = np.zeros(seq_len, np.int32), np.zeros(seq_len, np.int32)
-  inputs[:len(ids)], mask[:len(ids)] = ids, 1
-  return {"inputs": inputs, "mask": mask, "label": np.int32(label), "weight": np.float32(1.0)}
-
-
-def _padded_rows(docs: grain.IterDataset, seq_len: int, seed: int, num_bins: int, shuffle_bins: bool):
-  del seed, num_bins, shuffle_bins  # one example per row: nothing to pack
-  return docs.map(lambda ex: example_row(ex["ids"], ex["label"], seq_len))
-
-
-def split_records(split) -> list[dict]:
-  """Every checked record (text, label, WHERE) of a source's split, in its stored order."""
-  out, n = [], len(split)
-  for start in range(0, n, 4096):
-    indices = list(range(start, min(start + 4096, n)))
-    batch = split.__getitems__(indices) if hasattr(split, "__getitems__") else [split[i] for i in indices]
-    out.extend(parse(text_of(r, "text")) for r in batch)
-  return out
+# The data side (records, rows: research/data/labelled.py, with Grain) is imported where it is used,
+# so that building a classifier's model (the train benchmark, the planner) needs no data stack.
 
 
 class Classification(Task):
@@ -125,6 +58,9 @@ class Classification(Task):
 
   # ---------------------------------------------------------------- config and data
   def prepare(self, cfg, tokenizer, data=None) -> None:
+    from research.data.corpus import DataError
+    from research.data.labelled import label_order, split_records
+    from research.data.records import WHERE
     if tokenizer is not None:
       resolve_vocab(cfg, tokenizer)
     if cfg.finetune.init_from and not any(p.startswith(f"^{HEAD_NAME}") for p in cfg.finetune.init_new):
@@ -200,11 +136,14 @@ class Classification(Task):
     return {"inputs": token_field(), "mask": token_field(), "label": per_row(np.int32),
             "weight": per_row(np.float32)}
 
-  def row_format(self) -> RowFormat:
+  def row_format(self):
+    from research.data.labelled import EncodeExample, LabelledText, padded_rows
+    from research.data.records import Records
+    from research.data.rows import RowFormat
     # The labels are read from the data after the pipeline opens (prepare), before any row is made:
     # the encoder reads them when the pipeline builds its maps.
     return RowFormat(encode=lambda tokenizer, feature: EncodeExample(tokenizer, feature, self.labels),
-                     rows=_padded_rows,
+                     rows=padded_rows,
                      records=Records(f"classify:{self.cfg.data.text_field}:{self.cfg.data.label_field}",
                                      LabelledText(self.cfg.data.text_field, self.cfg.data.label_field),
                                      text=lambda r: r["text"]))
@@ -250,6 +189,7 @@ class Classification(Task):
   def at_end(self, host_params, graphdef, data, log) -> dict:
     """The majority-class baseline: the training split's most frequent label, predicted for every
     validation example that evaluation reads (the first train.eval_batches batches, in order)."""
+    from research.data.labelled import split_records
     t = self.cfg.train
     majority = int(np.argmax(np.asarray(self.cfg.classify.label_counts)))
     index = {label: i for i, label in enumerate(self.labels)}
@@ -269,6 +209,7 @@ class Classification(Task):
 
 def _truncation_note(split: str, records: list[dict], tokenizer, seq_len: int) -> str:
   """How many texts are longer than a row (counted on up to TRUNCATION_SAMPLE of them)."""
+  from research.data.rows import Tokenize
   sample = records[:TRUNCATION_SAMPLE]
   tokenize = Tokenize(tokenizer, "text")
   lengths = np.asarray([len(tokenize.map({"text": r["text"]})) for r in sample])
