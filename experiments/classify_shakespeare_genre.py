@@ -16,6 +16,7 @@ reports the majority-class baseline beside its own accuracy and macro F1.
   python scripts/train.py --config=experiments/default.py --workdir=runs/default
   python scripts/train.py --config=experiments/classify_shakespeare_genre.py --workdir=runs/genre
   python scripts/train.py --config=experiments/classify_shakespeare_genre.py:pooling=mean --workdir=runs/genre_mean
+  python scripts/train.py --config=experiments/classify_shakespeare_genre.py:lora_rank=8 --workdir=runs/genre_lora
   # your own labelled files instead (a text and a label per line):
   python scripts/train.py --config=experiments/classify_shakespeare_genre.py --workdir=runs/mine \
       --config.data.path=DIR --config.data.val_files=val.jsonl
@@ -85,9 +86,9 @@ def write_data(cache_dir: str) -> str:
   return directory
 
 
-# Variants (`--config=...:key=value`). The LoRA variant (adapters on the backbone, the head training
-# too) joins here as a key of its own once LoRA is in the trainer.
-VARIANTS = {"pooling": "last"}
+# Variants (`--config=...:key=value`): pooling, and lora_rank > 0 for LoRA adapters on the backbone's
+# attention and MLP kernels (the base frozen; the head, which the checkpoint lacks, trains whole).
+VARIANTS = {"pooling": "last", "lora_rank": 0}
 
 
 def get_config(arg=None):
@@ -122,4 +123,9 @@ def get_config(arg=None):
   c.optimizer.final_learning_rate = 3e-5
   c.optimizer.warmup_steps = 30
   c.optimizer.weight_decay = 0.1         # L2 (decoupled); optimizer.l1 adds an L1 penalty when wanted
+  if variant["lora_rank"]:
+    c.lora.rank = variant["lora_rank"]
+    c.lora.alpha = 2.0 * variant["lora_rank"]
+    c.optimizer.learning_rate = 1e-3     # adapters and a fresh head take a larger step than the full model
+    c.optimizer.final_learning_rate = 1e-4
   return c

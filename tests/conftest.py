@@ -35,15 +35,29 @@ def tiny_cfg(corpus_dir, tmp_path):
   return tiny_config(corpus_dir, str(tmp_path / "cache"))
 
 
+def _shared_across_workers(tmp_path_factory):
+  """A directory every xdist worker of this session sees (the session's base temp directory); the
+  worker's own one without xdist. Session fixtures are built once per worker otherwise."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
-def pretrained(corpus_dir, tmp_path_factory):
+def pretrained(tmp_path_factory):
   """One tiny pretrained run per test session (SentencePiece tokenizer, 24 steps), shared by the
-  finetuning, evaluation and export tests: (its config, its workdir)."""
+  finetuning, evaluation and export tests: (its config, its workdir). Built once for all xdist
+  workers, under a file lock, by the first that needs it; tests copy it or read it, never change it."""
+  from filelock import FileLock
   from research.train.trainer import train
-  workdir = tmp_path_factory.mktemp("pretrained")
-  cfg = tiny_config(corpus_dir, str(workdir / "cache"))
+  workdir = _shared_across_workers(tmp_path_factory) / "pretrained"
+  cfg = tiny_config(str(workdir / "corpus"), str(workdir / "cache"))
   cfg.data.tokenizer, cfg.data.vocab_size = "sentencepiece", 320
   cfg.train.num_steps, cfg.train.eval_every, cfg.train.sample_at_end = 24, 0, 0
   cfg.checkpoint.every_steps, cfg.checkpoint.async_save = 24, False
-  train(cfg, str(workdir / "run"), log=lambda *a: None)
+  with FileLock(str(workdir) + ".lock"):
+    if not (workdir / "done").exists():
+      shutil.rmtree(workdir, ignore_errors=True)  # a worker that failed half-way left it
+      write_corpus(str(workdir / "corpus"))      # the same text as corpus_dir
+      train(cfg, str(workdir / "run"), log=lambda *a: None)
+      (workdir / "done").touch()
   return cfg, str(workdir / "run")

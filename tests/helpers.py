@@ -47,6 +47,8 @@ def tiny_config(corpus: str, cache_dir: str, family: str = "gpt2"):
   c.train.sample_at_end = 1
   c.train.sample_tokens = 8
   c.train.progress = False
+  c.train.peak_flops = 1e12  # MFU's denominator given: no 10-20 s matmul timing at every start
+                             # (test_train_script_end_to_end measures it)
   c.optimizer.learning_rate = 3e-3
   c.optimizer.final_learning_rate = 3e-4
   c.optimizer.warmup_steps = 5

@@ -11,7 +11,6 @@ import pytest
 from research.config import ConfigError, base_config
 from research.models import apply_preset
 from research.perf.benchmark import benchmark_train
-from research.train import mfu
 from tests.helpers import ROOT
 
 
@@ -23,9 +22,9 @@ def _cfg():
   return c
 
 
-def test_train_benchmark_needs_no_corpus_and_reports_its_keys(monkeypatch):
-  monkeypatch.setattr(mfu, "peak_flops", lambda devices, dtype: (1e12, "test"))  # no 8-device matmul timing
+def test_train_benchmark_needs_no_corpus_and_reports_its_keys():
   cfg = _cfg()
+  cfg.train.peak_flops = 1e12  # no 8-device matmul timing
   assert not cfg.data.path
   r = benchmark_train(cfg, steps=3, warmup=1)
   for key in ("tokens_per_sec", "step_time_ms", "step_time_ms_p10", "step_time_ms_p90", "mfu", "peak_flops",
@@ -34,6 +33,7 @@ def test_train_benchmark_needs_no_corpus_and_reports_its_keys(monkeypatch):
   assert r["devices"] == 8 and r["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1}
   assert r["tokens_per_sec"] == pytest.approx(8 * 32 / (r["step_time_ms"] / 1000))
   assert r["mfu"] == pytest.approx(r["flops_per_token"] * r["tokens_per_sec"] / 1e12)
+  assert r["peak_flops"] == 1e12 and r["peak_source"] == "train.peak_flops"
 
 
 def test_train_benchmark_imports_no_data_stack():

@@ -42,11 +42,12 @@ def _tiny_model_cfg(family="gpt2", scan=False):
 
 
 def _randomise_b(params, seed=1):
-  """Nonzero B (and so a nonzero update) in every adapter."""
-  key = jax.random.PRNGKey(seed)
+  """Nonzero B (and so a nonzero update) in every adapter (numpy: eager jax.random compiles per shape)."""
+  rng = np.random.default_rng(seed)
   return jax.tree_util.tree_map_with_path(
-      lambda p, x: 0.05 * jax.random.normal(jax.random.fold_in(key, hash(path_str(p)) % 2**31), x.shape, x.dtype)
-      if path_str(p).endswith("lora/b") else x, params)
+      lambda p, x: (0.05 * rng.standard_normal(x.shape)).astype(x.dtype) if path_str(p).endswith("lora/b") else x,
+      params)
+
 
 
 def _forward(model):
@@ -93,13 +94,11 @@ def test_bad_targets_are_one_line():
     abstract_model(model_cfg, [lora_extension(_lora_cfg(targets=("kernel$",)))])
 
 
-def test_the_base_gets_no_gradient_and_no_optimizer_state(tiny_cfg, monkeypatch):
+def test_the_base_gets_no_gradient_and_no_optimizer_state(tiny_cfg):
   """The optimizer state holds Adam's two moments of the adapters and nothing of the base, the
   gradient is taken of the adapters alone, and the compiled step does no base weight-gradient
   matmuls (its FLOPs drop by about a third): scripts/benchmark.py --mode=lora's two steps."""
   from research.perf.benchmark import benchmark_lora
-  from research.train import mfu
-  monkeypatch.setattr(mfu, "peak_flops", lambda devices, dtype: (1e12, "test"))  # no 8-device matmul timing
   tiny_cfg.model.vocab_size = 256
   r = benchmark_lora(tiny_cfg, steps=1, warmup=1, rank=4)
   full, lora = r["full"], r["lora"]
@@ -269,3 +268,22 @@ def _only_adapters(params):
     elif isinstance(v, dict) and (sub := _only_adapters(v)):
       out[k] = sub
   return out
+
+
+def test_a_classifier_with_lora_trains_its_head_and_the_adapters(pretrained, tmp_path):
+  """task.name=classify: the head the LM checkpoint lacks (cls_head, finetune.init_new) trains beside
+  the adapters, and the checkpoints hold both; the backbone is frozen."""
+  from tests.test_classify import _write_labelled
+  pre_cfg, pre_dir = pretrained
+  cfg = pre_cfg.copy_and_resolve_references()
+  cfg.task.name, cfg.data.packing, cfg.data.val_files = "classify", "pad", ("val.jsonl",)
+  cfg.data.path = _write_labelled(tmp_path / "data", n_train=24, n_val=8)
+  cfg.finetune.init_from, cfg.lora.rank = pre_dir, 4
+  task, _ = complete_config(cfg, 8, log=lambda *a: None)
+  program = build_program(cfg, make_mesh((-1, 1, 1)), task)
+  trainable, _ = program.partition.split(program.abstract_params)
+  paths = {path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(trainable)[0]}
+  heads = {p for p in paths if p.startswith("cls_head/")}
+  assert heads and all("/lora/" in p for p in paths - heads)
+  saved = program.checkpoint_view(program.abstract_state()).params
+  assert {path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(saved)[0]} == paths

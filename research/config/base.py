@@ -181,6 +181,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.profile_start_step = 0  # capture a JAX profiler trace of steps [start, stop) into
   c.train.profile_stop_step = 0   # DIR/profile (TensorBoard/XProf, Perfetto); stop <= start: off
   c.train.cost_per_device_hour = 0.0  # $ per device-hour for the run's cost estimate (0: no estimate)
+  c.train.peak_flops = 0.0      # FLOP/s of all devices together, the MFU denominator; 0: the datasheet
+                                 # figure of a known accelerator, else a matmul measured at the start
+                                 # (on CPU 10-20 s per process; a figure from an earlier run skips it)
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 3e-4   # peak learning rate

@@ -55,7 +55,7 @@ NON_NEGATIVE = ("model.vocab_size", "model.num_kv_heads", "model.head_dim", "mod
                 "optimizer.final_learning_rate", "data.num_workers", "data.read_threads",
                 "checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.keep_every_steps",
                 "checkpoint.keep_best", "data.streams", "data.shuffle_rows", "train.profile_start_step",
-                "train.profile_stop_step", "train.cost_per_device_hour",
+                "train.profile_stop_step", "train.cost_per_device_hour", "train.peak_flops",
                 "train.max_consecutive_skips", "model.sliding_window", "train.early_stopping_patience",
                 "train.early_stopping_min_delta", "optimizer.l1", "lora.rank")
 

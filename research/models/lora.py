@@ -9,7 +9,8 @@ extensions), so the base keeps the parameter paths of its checkpoints; each adap
 parameters train with adapters on is research/train/trainable.py's business; `merge_params` folds
 trained adapters into the kernels (export, load_model(merge=True)).
 
-Shape legend: I the flattened input dims of a kernel, O its flattened output dims, r the rank.
+Shape legend: L the leading (layers) dims of stacked blocks, I a kernel's input dims flattened, O
+its output dims flattened, R the rank.
 """
 from __future__ import annotations
 
@@ -24,9 +25,6 @@ from flax import nnx
 from research.config import ConfigError
 from research.models.layers import Dense, dropout, matmul
 
-# Attention q/k/v/o and MLP up/gate/down kernels, per layer ('blocks/0/attn/q/kernel') or stacked
-# ('blocks/attn/q/kernel' with model.scan_layers).
-DEFAULT_TARGETS = (r"attn/(q|k|v|o)/kernel$", r"mlp/(up|gate|down)/kernel$")
 ADAPTER_PATTERN = r"/lora/(a|b)$"    # every adapter parameter's path
 # The output head's kernel is read by head_weight() (tied or fused with the loss), never through
 # Dense.__call__, so an adapter there would change nothing: refused.

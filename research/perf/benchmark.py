@@ -47,7 +47,7 @@ def benchmark_train(cfg, steps: int, warmup: int) -> dict:
   spread = _spread(times)
   tokens_per_sec = t.batch_size * t.seq_len / (spread["step_time_ms"] / 1000)
   fpt = flops_per_token(cfg.model, t.seq_len)
-  peak, source = mfu_lib.peak_flops(devices, cfg.model.dtype)
+  peak, source = mfu_lib.peak_flops(devices, cfg.model.dtype, cfg.train.peak_flops)
   memory = memory_report(step, program.abstract_state(), program.abstract_batch(t.batch_size, t.seq_len))
   per_device = memory.get("total")  # the same figure training and --dry_run print
   return {"mode": "train", "tokens_per_sec": tokens_per_sec, **spread,

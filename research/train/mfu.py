@@ -3,7 +3,8 @@
 MFU = (training FLOPs per token from `research.models.flops_per_token`) x tokens/s / peak FLOP/s.
 Peak: dense bf16 figures from vendor datasheets for known accelerators; on CPU (and any unknown
 device) a matmul in the compute dtype measured on the spot, bf16 with float32 accumulation for
-bf16, as our matmuls run it.
+bf16, as our matmuls run it (10-20 s per process on a 2-core CPU); train.peak_flops gives the figure
+instead.
 """
 from __future__ import annotations
 
@@ -62,8 +63,11 @@ def _measure(devices, dtype_name, n, repeats) -> float:
   return len(devices) * 2 * n**3 / float(np.min(times))
 
 
-def peak_flops(devices, compute_dtype: str) -> tuple[float, str]:
-  """(peak FLOP/s of all `devices` together, where the figure came from)."""
+def peak_flops(devices, compute_dtype: str, given: float = 0.0) -> tuple[float, str]:
+  """(peak FLOP/s of all `devices` together, where the figure came from). given > 0
+  (train.peak_flops): that figure, nothing measured."""
+  if given > 0:
+    return given, "train.peak_flops"
   kind = devices[0].device_kind
   per_chip = table_peak(kind)
   if per_chip is not None:

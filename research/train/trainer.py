@@ -171,7 +171,7 @@ def _setup(cfg, log, dry_run: bool, t_start: float, model_source: str | None = N
       program.abstract_params)
   assert n_params == n_actual, f"count_params={n_params} disagrees with the model's {n_actual}"
   fpt = task.flops_per_token(t.seq_len)
-  peak, peak_source = mfu_lib.peak_flops(devices, cfg.model.dtype)
+  peak, peak_source = mfu_lib.peak_flops(devices, cfg.model.dtype, cfg.train.peak_flops)
 
   log("config:\n" + str(cfg))
   log(f"devices: {len(devices)} x {devices[0].device_kind} ({jax.default_backend()}), "
