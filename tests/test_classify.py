@@ -231,9 +231,6 @@ def test_classifier_finetuned_from_an_lm_checkpoint_reports_predicts_and_resumes
   assert all(sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-5) for p in lines)
   assert all(p["label"] == max(p["probabilities"], key=p["probabilities"].get) for p in lines)
   assert np.mean([p["label"] == t for p, t in zip(lines, truth)]) == pytest.approx(final["eval_accuracy"])
-  (tmp_path / "texts.csv").write_text('text,other\n"wave, salt",1\n,2\n')
-  with pytest.raises(DataError, match=r"texts.csv:3: the text column 'text' is empty"):
-    predict_file(str(workdir), str(tmp_path / "texts.csv"), str(out), log=lambda *a: None)
   # as after a SIGKILL past step 4: rows, dropout and the early-stopping counter (checkpoint meta)
   # continue exactly, so the resumed run ends with the same parameters and metrics
   resumed = train(cfg.copy_and_resolve_references(), str(workdir), resume=4, log=logs.append)
@@ -243,6 +240,22 @@ def test_classifier_finetuned_from_an_lm_checkpoint_reports_predicts_and_resumes
   abstract = abstract_model(saved.model, model_extensions(saved))[1]
   before, after = (restore_params(str(workdir / d / "8"), abstract) for d in (aside, "checkpoints"))
   jax.tree.map(np.testing.assert_array_equal, before, after)
+
+
+def test_prediction_inputs_and_their_errors(tmp_path):
+  from research.infer.classify import read_texts
+  (tmp_path / "a.jsonl").write_text('{"text": "one"}\n\n{"body": "two"}\n')
+  (tmp_path / "b.csv").write_text('text,other\n"wave, salt",1\n,2\n')
+  (tmp_path / "c.txt").write_text("first line\n\nsecond line\n")
+  with pytest.raises(DataError, match=r"a.jsonl:3: no non-empty string field 'text' \(--text_field\)"):
+    read_texts(str(tmp_path / "a.jsonl"), "text")
+  (tmp_path / "a.jsonl").write_text('{"text": "one"}\n\n{"text": "two", "label": "x"}\n')
+  assert read_texts(str(tmp_path / "a.jsonl"), "text") == ["one", "two"]
+  with pytest.raises(DataError, match=r"b.csv:3: the text column 'text' is empty"):
+    read_texts(str(tmp_path / "b.csv"), "text")
+  with pytest.raises(DataError, match=r"b.csv:1: no column 'body' \(--text_field\)"):
+    read_texts(str(tmp_path / "b.csv"), "body")
+  assert read_texts(str(tmp_path / "c.txt"), "text") == ["first line", "second line"]
 
 
 def test_reports_of_later_steps_go_on_resume_and_all_go_aside_on_fresh(tmp_path):
