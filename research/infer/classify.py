@@ -115,10 +115,10 @@ def predict_file(checkpoint: str, input_path: str, out_path: str, text_field: st
   if not os.path.isfile(input_path):
     raise DataError(f"{input_path}: no such file (the texts to classify)")
   from research.checkpoint.loading import read_config
-  path, _ = resolve_checkpoint(checkpoint)
+  path, source = resolve_checkpoint(checkpoint)
   texts = read_texts(input_path, text_field or read_config(path).data.text_field)  # bad input: before the weights
   classifier = Classifier(path, batch_size)
-  log(f"predict: {len(texts):,} texts of {input_path} with {classifier.path} ({classifier.source}), "
+  log(f"predict: {len(texts):,} texts of {input_path} with {classifier.path} ({source}), "
       f"labels {', '.join(classifier.labels)}")
   probs_NxC = classifier.probabilities(texts)
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
