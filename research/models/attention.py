@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from research.models.attention_xla import causal_attention  # noqa: F401  (the 'xla' impl)
+from research.models.kv_cache import LayerCache
 from research.models.layers import Dense
 from research.models.lora import lora_rng
 from research.sharding import constrain
@@ -83,8 +84,11 @@ class CausalSelfAttention(nnx.Module):
     self.impl = cfg.attention_impl
 
   def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array,
-               segment_ids_BxL: jax.Array | None, adapter_rng: jax.Array | None = None) -> jax.Array:
-    """adapter_rng: the key of the projections' LoRA dropout (None: evaluation, or no adapters)."""
+               segment_ids_BxL: jax.Array | None, adapter_rng: jax.Array | None = None,
+               cache: LayerCache | None = None):
+    """adapter_rng: the key of the projections' LoRA dropout (None: evaluation, or no adapters).
+    With `cache` (decoding, research/models/kv_cache.py) this token's keys and values are written
+    into it and (output, the updated cache) is returned."""
     q_BxLxHxDh = constrain(self.q(x_BxLxD, rng=lora_rng(adapter_rng, 0)),
                            ("act_batch", "act_length", "act_heads", None))
     k_BxLxKxDh = constrain(self.k(x_BxLxD, rng=lora_rng(adapter_rng, 1)),
@@ -94,7 +98,9 @@ class CausalSelfAttention(nnx.Module):
     if self.use_rope:
       q_BxLxHxDh = rope(q_BxLxHxDh, positions_BxL, self.rope_theta, self.inv_freq)
       k_BxLxKxDh = rope(k_BxLxKxDh, positions_BxL, self.rope_theta, self.inv_freq)
-    if self.impl == "xla":
+    if cache is not None:
+      out_BxLxHxDh, cache = cache.attend(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, positions_BxL, self.sliding_window)
+    elif self.impl == "xla":
       out_BxLxHxDh = causal_attention(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, segment_ids_BxL,
                                       sliding_window=self.sliding_window)
     else:  # cudnn (GPU): jax's fused kernel, logits and softmax in float32 for bf16 inputs
@@ -106,4 +112,5 @@ class CausalSelfAttention(nnx.Module):
           q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, mask=mask, is_causal=True, implementation=self.impl,
           local_window_size=window)
     out_BxLxHxDh = constrain(out_BxLxHxDh, ("act_batch", "act_length", "act_heads", None))
-    return self.o(out_BxLxHxDh, rng=lora_rng(adapter_rng, 3))
+    out_BxLxD = self.o(out_BxLxHxDh, rng=lora_rng(adapter_rng, 3))
+    return out_BxLxD if cache is None else (out_BxLxD, cache)

@@ -27,16 +27,23 @@ def causal_attention(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, segment_ids_BxL=None,
   """[B, L, H, Dh] queries, [B, L, K, Dh] keys/values -> [B, L, H, Dh]; `segment_ids_BxL` (packed
   rows) keeps attention inside each document; `sliding_window` > 0 limits each query to that many
   keys, itself included (Mistral's window: key > query - window)."""
-  b, l, h, dh = q_BxLxHxDh.shape
-  k = k_BxLxKxDh.shape[2]
+  l = q_BxLxHxDh.shape[1]
   pos = jnp.arange(l)
   mask_BxLxL = (pos[:, None] >= pos[None, :])[None]
   if sliding_window:
     mask_BxLxL = mask_BxLxL & (pos[:, None] - pos[None, :] < sliding_window)[None]
   if segment_ids_BxL is not None:
     mask_BxLxL = mask_BxLxL & (segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :])
+  return masked_attention(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, mask_BxLxL)
+
+
+def masked_attention(q_BxLxHxDh, k_BxMxKxDh, v_BxMxKxDh, mask_BxLxM) -> jax.Array:
+  """[B, L, H, Dh] queries over [B, M, K, Dh] keys/values where mask_BxLxM is True -> [B, L, H, Dh]
+  (decoding attends L new queries to a cache of M keys through it)."""
+  b, l, h, dh = q_BxLxHxDh.shape
+  k = k_BxMxKxDh.shape[2]
   q = q_BxLxHxDh if k == h else q_BxLxHxDh.reshape(b, l, k, h // k, dh)
-  out = _attend(q, k_BxLxKxDh, v_BxLxKxDh, mask_BxLxL)
+  out = _attend(q, k_BxMxKxDh, v_BxMxKxDh, mask_BxLxM)
   return out.reshape(b, l, h, dh)
 
 

@@ -56,15 +56,20 @@ class Block(nnx.Module):
     self.mlp = MLP(cfg, dtype, param_dtype, rngs)
     self.rate = cfg.dropout
 
-  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL, rng):
+  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL, rng, cache=None):
+    """With `cache` (decoding: a LayerCache) returns (x, the updated cache)."""
     rng_attn, rng_mlp = (None, None) if rng is None else jax.random.split(rng)
     # Adapter dropout keys are folded from `rng` itself (lora_rng), so the split above, and every
     # run without adapters, draws the masks it always did.
-    h = checkpoint_name(self.attn(self.attn_norm(x_BxLxD), positions_BxL, segment_ids_BxL, rng), "attn_out")
+    h = self.attn(self.attn_norm(x_BxLxD), positions_BxL, segment_ids_BxL, rng, cache=cache)
+    if cache is not None:
+      h, cache = h
+    h = checkpoint_name(h, "attn_out")
     x_BxLxD = x_BxLxD + dropout(h, self.rate, rng_attn)
     h = checkpoint_name(self.mlp(self.mlp_norm(x_BxLxD), rng), "mlp_out")
     x_BxLxD = x_BxLxD + dropout(h, self.rate, rng_mlp)
-    return constrain(x_BxLxD, ("act_batch", "act_length", "act_embed"))
+    x_BxLxD = constrain(x_BxLxD, ("act_batch", "act_length", "act_embed"))
+    return x_BxLxD if cache is None else (x_BxLxD, cache)
 
 
 def stacked_blocks(cfg, dtype, param_dtype, rngs: nnx.Rngs) -> Block:
@@ -117,6 +122,10 @@ class DecoderLM(nnx.Module):
                segment_ids: jax.Array | None = None, dropout_rng: jax.Array | None = None) -> jax.Array:
     x_BxLxD = self.hidden_states(tokens_BxL, positions=positions, segment_ids=segment_ids,
                                  dropout_rng=dropout_rng)
+    return self.logits(x_BxLxD)
+
+  def logits(self, x_BxLxD: jax.Array) -> jax.Array:
+    """The output head on hidden states ([B, L, D] -> [B, L, V] float32)."""
     # Logits leave the f32 accumulator as f32: rounding them to the compute dtype first cost the
     # softmax precision and a [B, L, V] convert each way.
     w, transposed = self.head_weight()
@@ -134,6 +143,37 @@ class DecoderLM(nnx.Module):
   def hidden_states(self, tokens_BxL: jax.Array, *, positions: jax.Array | None = None,
                     segment_ids: jax.Array | None = None, dropout_rng: jax.Array | None = None) -> jax.Array:
     """[B, L, D] in the compute dtype: the blocks' output after the final norm (the head's input)."""
+    x_BxLxD, positions = self._embed(tokens_BxL, positions, dropout_rng)
+    n = self.cfg.num_layers
+    rngs = None if dropout_rng is None else jax.random.split(dropout_rng, n + 1)
+    x_BxLxD = self._run_blocks(x_BxLxD, positions, segment_ids, None if rngs is None else rngs[:n])
+    return self.final_norm(x_BxLxD)
+
+  def cached_hidden_states(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache,
+                           rows: jax.Array | None = None):
+    """Decoding (research/models/kv_cache.py): (hidden states [B, T, D], the updated KVCache).
+    `rows` given: a prefill of those cache rows (positions from 0); None: a decode step of every row."""
+    x_BxTxD, _ = self._embed(tokens_BxT, positions_BxT, None)
+    from research.models.kv_cache import KVCache, LayerCache
+    if not self.cfg.scan_layers:
+      ks, vs = [], []
+      for i, block in enumerate(self.blocks):
+        x_BxTxD, layer = block(x_BxTxD, positions_BxT, None, None, cache=cache.layer(i, rows))
+        ks.append(layer.k)
+        vs.append(layer.v)
+      return self.final_norm(x_BxTxD), KVCache(tuple(ks), tuple(vs))
+    graphdef, state = nnx.split(self.blocks)
+
+    def body(x, layer):
+      state_i, k_i, v_i = layer
+      x, out = nnx.merge(graphdef, state_i)(x, positions_BxT, None, None, cache=LayerCache(k_i, v_i, rows))
+      return x, (out.k, out.v)
+
+    x_BxTxD, (k, v) = jax.lax.scan(body, x_BxTxD, (state, cache.k, cache.v))
+    return self.final_norm(x_BxTxD), KVCache(k, v)
+
+  def _embed(self, tokens_BxL, positions, dropout_rng):
+    """(embedded tokens [B, L, D] in the compute dtype, positions [B, L])."""
     b, l = tokens_BxL.shape
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
@@ -149,9 +189,7 @@ class DecoderLM(nnx.Module):
     n = self.cfg.num_layers
     rngs = None if dropout_rng is None else jax.random.split(dropout_rng, n + 1)
     x_BxLxD = dropout(x_BxLxD, self.cfg.dropout, None if rngs is None else rngs[n])
-    x_BxLxD = constrain(x_BxLxD, ("act_batch", "act_length", "act_embed"))
-    x_BxLxD = self._run_blocks(x_BxLxD, positions, segment_ids, None if rngs is None else rngs[:n])
-    return self.final_norm(x_BxLxD)
+    return constrain(x_BxLxD, ("act_batch", "act_length", "act_embed")), positions
 
   def _run_blocks(self, x_BxLxD, positions_BxL, segment_ids_BxL, rngs_N):
     """The blocks in order, each under the remat policy; a lax.scan when they are stacked."""
