@@ -1,5 +1,3 @@
-"""Inference: sampling text from a trained model (sample.py) and a classifier's predictions
-(classify.py). (KV-cache decoding and beam search come later.)"""
-from research.infer.sample import sample_text
-
-__all__ = ["sample_text"]
+"""Inference: KV-cache decoding over slots (decoder.py), per-row sampling (sampling.py), continuous
+batching (engine.py), beam search (beam.py), text in/out (generate.py, text_stream.py), and a
+classifier's predictions (classify.py)."""

@@ -44,8 +44,9 @@ class SlotDecoder:
     self.max_len = min(int(max_len or model_cfg.max_seq_len), model_cfg.max_seq_len)
     self.vocab_size = model_cfg.vocab_size
     self.mesh, self.rules = mesh, tuple(rules)
-    self.graphdef, state = nnx.split(model)
-    self.state = jax.device_put(state, self._state_shardings(state)) if mesh is not None else state
+    self.graphdef, params = nnx.split(model, nnx.Param)
+    state = nnx.to_pure_dict(params)
+    self.state = jax.device_put(state, self._state_shardings(params)) if mesh is not None else state
     dtype = jnp.dtype(model_cfg.dtype)
     self.cache = KVCache.zeros(model_cfg, self.num_slots, self.max_len, dtype,
                                None if mesh is None else self._sharding)
@@ -61,12 +62,17 @@ class SlotDecoder:
       return jnp.zeros(shape, dtype)
     return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=self._sharding(names, shape))()
 
-  def _state_shardings(self, state):
-    def one(variable):
-      names = variable.get_metadata().get("logical_axes") if hasattr(variable, "get_metadata") else None
+  def _state_shardings(self, params: nnx.State):
+    """The parameters' shardings by their logical axes (a pure dict, as the state is held)."""
+    out: dict = {}
+    for path, variable in nnx.to_flat_state(params):
+      node = out
+      for key in path[:-1]:
+        node = node.setdefault(key, {})
       shape = np.shape(variable[...])
-      return self._sharding(names if names and len(names) == len(shape) else (None,) * len(shape), shape)
-    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+      names = variable.get_metadata().get("logical_axes") or (None,) * len(shape)
+      node[path[-1]] = self._sharding(names, shape)
+    return out
 
   def _jit(self, key, fn, donate=()):
     if key not in self._compiled:

@@ -109,7 +109,7 @@ class Engine:
     self._slots: list[_Request | None] = [None] * num_slots
     self._queue: collections.deque[_Request] = collections.deque()
     self._cond = threading.Condition()
-    self._device = threading.Lock()    # the decode loop and score() take turns on the device
+    self.device = threading.Lock()    # the decode loop, score() and beam search take turns on the device
     self._thread: threading.Thread | None = None
     self._stopping = False
 
@@ -152,7 +152,7 @@ class Engine:
   def score(self, token_ids: Sequence[int], top_n: int = 0):
     """(logprobs, top): each token's log-probability given those before it (logprobs[0] is None) and
     its top_n alternatives {id: logprob} (None at 0). Blocking; thread-safe."""
-    with self._device:
+    with self.device:
       lp, top_ids, top_lp = self.decoder.score(list(token_ids), top_n)
     logprobs = [None] + [float(x) for x in lp[1:]]
     top = [None] + [{int(i): float(p) for i, p in zip(ids, lps)} for ids, lps in zip(top_ids, top_lp)]
@@ -205,7 +205,7 @@ class Engine:
   def _tick(self) -> None:
     """Admit waiting requests into free slots, then one decode step for all running ones."""
     try:
-      with self._device:
+      with self.device:
         self._admit()
         if any(r is not None for r in self._slots):
           self._step()

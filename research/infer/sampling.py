@@ -77,7 +77,8 @@ def choose(logits_SxV: jax.Array, seen_SxV: jax.Array, rows: RowSampling, filter
 
 
 def beam_candidates(logits_SxV: jax.Array, seen_SxV: jax.Array, penalty_S: jax.Array, n: int):
-  """(log-probabilities [S, n], token ids [S, n]): each row's n best continuations for beam search,
-  under the repetition penalty, and the model's log-probabilities of the same tokens (for reporting)."""
-  lp_SxV = jax.nn.log_softmax(penalise(logits_SxV.astype(jnp.float32), seen_SxV, penalty_S), axis=-1)
+  """(log-probabilities [S, n], token ids [S, n]): each row's n best continuations for beam search.
+  The repetition penalty applies to the log-probabilities, as transformers' beam search applies its
+  processors after the log_softmax."""
+  lp_SxV = penalise(jax.nn.log_softmax(logits_SxV.astype(jnp.float32), axis=-1), seen_SxV, penalty_S)
   return jax.lax.top_k(lp_SxV, n)

@@ -98,7 +98,10 @@ class LanguageModeling(Task):
     t = self.cfg.train
     out = {"unigram_entropy": data.unigram_entropy(), "samples": []}
     if t.sample_at_end:
-      from research.infer.sample import sample_text
-      out["samples"] = sample_text(graphdef, host_params(), data.tokenizer, [""] * t.sample_at_end,
-                                   t.sample_tokens, t.sample_temperature, self.cfg.seed, self.cfg.model.max_seq_len)
+      from flax import nnx
+      from research.infer.generate import prompt_ids, sample_completions
+      prompt = prompt_ids(data.tokenizer, "")
+      completions = sample_completions(nnx.merge(graphdef, host_params()), self.cfg, data.tokenizer,
+                                       [prompt] * t.sample_at_end, t.sample_tokens, t.sample_temperature, self.cfg.seed)
+      out["samples"] = [data.tokenizer.decode(prompt) + c.text for c in completions]
     return out

@@ -96,15 +96,14 @@ class SupervisedFinetuning(LanguageModeling):
   def sample_replies(self, params, graphdef, data, count: int) -> list[str]:
     """Replies the model writes to the first `count` validation prompts: the prompt as the model reads
     it, then the reply up to its EOS."""
-    from research.infer.sample import sample_tokens
+    from flax import nnx
+    from research.infer.generate import sample_completions
     t, source = self.cfg.train, data.sources[0]
     encode = self.example_encoder(data.tokenizer, source.feature)
-    out = []
-    for i in range(min(count, len(source.validation))):
-      prompt = encode.encoder.prompt(encode.messages(source.validation[i])[0])
-      tokens = sample_tokens(graphdef, params, np.asarray([prompt], np.int32), t.sample_tokens,
-                             t.sample_temperature, self.cfg.seed + i, self.cfg.model.max_seq_len)[0, len(prompt):]
-      ends = np.flatnonzero(tokens == data.tokenizer.eos_id)
-      reply = tokens[:ends[0]] if len(ends) else tokens
-      out.append(data.tokenizer.decode(prompt) + data.tokenizer.decode(reply))
-    return out
+    prompts = [encode.encoder.prompt(encode.messages(source.validation[i])[0])
+               for i in range(min(count, len(source.validation)))]
+    if not prompts:
+      return []
+    completions = sample_completions(nnx.merge(graphdef, params), self.cfg, data.tokenizer, prompts,
+                                     t.sample_tokens, t.sample_temperature, self.cfg.seed)
+    return [data.tokenizer.decode(p) + c.text for p, c in zip(prompts, completions)]
