@@ -214,6 +214,11 @@ def test_tokenizer_endpoints_as_lm_eval_reads_them(server):
   tok = post(server, "/tokenize", {"prompt": text, "add_special_tokens": False, "return_token_strs": True}).json()
   assert "".join(tok["token_strs"]) == text
   assert post(server, "/detokenize", {"tokens": tok["tokens"]}).json() == {"prompt": text}
+  # special tokens read back: lm-eval's string prompts are /detokenize's text (an empty context: EOS first)
+  for marked in ("</s> the king", "KING.</s>QUEEN.\n"):
+    ids = post(server, "/tokenize", {"prompt": marked, "add_special_tokens": False}).json()["tokens"]
+    assert info["eos_token_id"] in ids
+    assert post(server, "/detokenize", {"tokens": ids}).json()["prompt"] == marked
   # a string prompt is tokenized as /tokenize does: the same usage as the ids
   by_text = post(server, "/v1/completions", {"prompt": text, "max_tokens": 1}).json()["usage"]["prompt_tokens"]
   assert by_text == tok["count"]

@@ -66,6 +66,18 @@ class TokenText:
   def decode(self, ids: Sequence[int]) -> str:
     return self.tokenizer.decode([int(i) for i in ids])
 
+  def decode_marked(self, ids: Sequence[int]) -> str:
+    """Text with special tokens as their text ("</s>"): what encode() reads back as the same ids
+    (each run between specials decoded on its own, as encode encodes it)."""
+    out, run = [], []
+    for i in ids:
+      if int(i) in self.labels:
+        out += [self.decode(run), self.labels[int(i)]]
+        run = []
+      else:
+        run.append(int(i))
+    return "".join(out) + self.decode(run)
+
   def document_start(self) -> list[int]:
     """What precedes a document in training (EOS ends the one before; BOS when the model expects it):
     the prompt an empty prompt stands for."""
@@ -127,8 +139,9 @@ def tokenize(body: dict, text: TokenText, max_len: int, chat_prompt) -> dict:
 
 
 def detokenize(body: dict, text: TokenText) -> dict:
-  """{"tokens": [ids]} -> {"prompt": text}."""
+  """{"tokens": [ids]} -> {"prompt": text}, special tokens written as their text: lm-eval's
+  tokenized_requests=False sends this text back as the prompt (an empty context's EOS prefix)."""
   fields = Fields(body)
   if not fields.has("tokens"):
     raise RequestError("give tokens (an array of token ids)", "tokens", code="missing")
-  return {"prompt": text.decode(fields.token_ids("tokens", text.vocab_size))}
+  return {"prompt": text.decode_marked(fields.token_ids("tokens", text.vocab_size))}
