@@ -255,7 +255,9 @@ def test_full_queue_is_503_and_time_limit_ends_requests(idle_app):
   thread.start()
   while engine.pending() < 1:
     time.sleep(0.01)
-  for extra in ({}, {"n": 2}, {"stream": True}):
+  r = client.post("/v1/completions", json={**body, "n": 2})     # more choices than the queue holds
+  assert r.status_code == 400 and r.json()["error"]["param"] == "n" and "--max_queue" in r.json()["error"]["message"]
+  for extra in ({}, {"stream": True}):
     r = client.post("/v1/completions", json={**body, **extra})
     assert r.status_code == 503, r.text
     assert r.json()["error"]["type"] == "server_error" and r.json()["error"]["code"] == "queue_full"

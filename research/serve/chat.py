@@ -71,6 +71,7 @@ async def create(served: Served, body: dict, request):
   served.check_fits(ids, 1, "messages")
   max_new = req.max_tokens if req.max_tokens is not None else served.max_len   # the engine stops at the context
   n = req.sampling.n
+  served.check_choices(n, "n")
   generation = served.generation()
   for s in range(n):
     generation.submit(s, ids, engine_params(req.sampling, max_new, req.logprobs, s))

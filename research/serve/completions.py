@@ -29,6 +29,8 @@ async def create(served: Served, body: dict, request):
     served.check_fits(ids, req.max_tokens, where.format(i))
   texts = [p if isinstance(p, str) else served.text.decode(ids) for p, ids in zip(req.prompts, prompts)]
   n = req.sampling.n
+  if req.max_tokens > 0:
+    served.check_choices(len(prompts) * n, "n" if len(prompts) == 1 else "prompt")
   generation = served.generation()
   if req.max_tokens > 0:
     for i, ids in enumerate(prompts):
@@ -62,16 +64,18 @@ async def create(served: Served, body: dict, request):
 
 async def _score(served: Served, prompts: list[list[int]], top_n: int, deadline: float) -> list[dict]:
   """The echoed prompts' logprobs (each distinct prompt scored once, off the event loop)."""
+  def score(ids):   # in a worker thread: the forward pass, then the pieces of every alternative
+    logprobs, tops = served.engine.score(list(ids), top_n)
+    return Tokens(served.text).completion(ids, logprobs, tops)
+
   distinct = list(dict.fromkeys(map(tuple, prompts)))
-  work = asyncio.gather(*[asyncio.to_thread(served.engine.score, list(p), top_n) for p in distinct])
+  work = asyncio.gather(*[asyncio.to_thread(score, p) for p in distinct])
   try:
     results = await asyncio.wait_for(work, max(0.0, deadline - time.monotonic()))
   except TimeoutError:
     raise RequestError("scoring the prompt ran past --request_timeout_s", code="timeout", status=504,
                        type="server_error") from None
-  scored = {}
-  for p, (logprobs, tops) in zip(distinct, results):
-    scored[p] = Tokens(served.text).completion(p, logprobs, tops)
+  scored = dict(zip(distinct, results))
   return [scored[tuple(p)] for p in prompts]
 
 

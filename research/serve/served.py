@@ -37,6 +37,15 @@ class Served:
                          param, code="context_length_exceeded")
 
 
+  def check_choices(self, count: int, param: str) -> None:
+    """A request whose choices outnumber the engine's queue could never be queued whole: a 400, not
+    a 503 that retrying cannot cure."""
+    limit = self.engine.max_queue
+    if count > limit:
+      raise RequestError(f"{param}: the request asks for {count} choices (prompts x n); this server queues at "
+                         f"most {limit} (--max_queue); split it", param)
+
+
 def response_id(prefix: str) -> str:
   return f"{prefix}-{uuid.uuid4().hex}"
 
