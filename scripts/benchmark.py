@@ -9,6 +9,12 @@
       a full finetuning step against a LoRA step (rank R, lora.targets; the base frozen) of the same
       model on synthetic tokens: each one's tokens_per_sec, step time, memory_per_device (params,
       optimizer state, compiled total), compiler FLOPs; speedup and memory_ratio (LoRA / full).
+  python scripts/benchmark.py --mode=decode --config=experiments/<name>.py | --checkpoint=PATH
+      [--batch_sizes=1,8,32] [--prompt_len=128] [--new_tokens=128] [--clients=8] [--compare_pytorch]
+      KV-cache decoding (research/perf/decode_bench.py): per batch size prefill tokens/s, decode
+      tokens/s and step time, time to first token, KV cache bytes; with --clients=N the HTTP server
+      under N concurrent streaming clients (throughput, latency percentiles) beside the offline
+      figures; --compare_pytorch: transformers' generate on the same weights, dtype and lengths.
   python scripts/benchmark.py --mode=data --config=experiments/<name>.py [--steps=N]
       the data pipeline alone (read, tokenize, pack/chunk, batch): tokens_per_sec, and the ratio to
       what the train step consumes when --compare_train is set.
@@ -39,7 +45,13 @@ from absl import app, flags, logging  # noqa: E402
 from research.config.cli import absl_flags_parser, load_config  # noqa: E402
 
 flags.DEFINE_string("config", None, "Experiment file, optionally with a variant.")
-flags.DEFINE_enum("mode", "train", ["train", "lora", "data", "compile", "quality"], "What to measure.")
+flags.DEFINE_enum("mode", "train", ["train", "lora", "data", "compile", "quality", "decode"], "What to measure.")
+flags.DEFINE_string("checkpoint", None, "decode mode: a checkpoint to decode with (default: random weights of --config).")
+flags.DEFINE_list("batch_sizes", ["1", "8", "32"], "decode mode: batch sizes (sequences decoded together).")
+flags.DEFINE_integer("prompt_len", 128, "decode mode: prompt tokens per sequence.")
+flags.DEFINE_integer("new_tokens", 128, "decode mode: generated tokens per sequence.")
+flags.DEFINE_integer("clients", 0, "decode mode: concurrent clients of the HTTP server (0: offline only).")
+flags.DEFINE_bool("compare_pytorch", False, "decode mode: also time transformers' generate on the same weights.")
 flags.DEFINE_integer("steps", 20, "Measured steps (train) or batches (data).")
 flags.DEFINE_integer("warmup", 3, "Steps or batches before measuring.")
 flags.DEFINE_integer("lora_rank", 0, "lora mode: the adapters' rank (0: the config's lora.rank, else 16).")
@@ -69,6 +81,18 @@ def main(_):
     result.update(time=time.strftime("%Y-%m-%d %H:%M:%S"))
     print(json.dumps(result))
     sys.exit(0 if result["all_within_tolerance"] else 1)
+  if FLAGS.mode == "decode":
+    from research.perf.decode_bench import benchmark_decode
+    if not (FLAGS.config or FLAGS.checkpoint):
+      print("error: --mode=decode needs --config (random weights of its shape) or --checkpoint", file=sys.stderr)
+      sys.exit(1)
+    cfg = load_config(FLAGS.config, _OVERRIDES) if FLAGS.config else None
+    result = benchmark_decode(cfg, FLAGS.checkpoint, [int(b) for b in FLAGS.batch_sizes], FLAGS.prompt_len,
+                              FLAGS.new_tokens, max(1, FLAGS.steps // 10), FLAGS.clients, FLAGS.compare_pytorch)
+    result.update(config=FLAGS.config, checkpoint=FLAGS.checkpoint, overrides=_OVERRIDES,
+                  time=time.strftime("%Y-%m-%d %H:%M:%S"))
+    print(json.dumps(result))
+    return
   if not FLAGS.config:
     print(f"error: --config is required for --mode={FLAGS.mode}", file=sys.stderr)
     sys.exit(1)

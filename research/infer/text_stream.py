@@ -18,6 +18,8 @@ class TextStream:
   def push(self, token_id: int) -> tuple[str, bool]:
     """(the new text to show, whether a stop string ended the text)."""
     self.ids.append(int(token_id))
+    if self.tokenizer is None:    # ids only (benchmarks of random-weight models)
+      return "", False
     self.text = self.tokenizer.decode(self.ids)
     cut = self._stop_at()
     if cut is not None:
