@@ -209,6 +209,16 @@ def test_limits_stops_and_errors(gpt2):
   engine.submit(prompt, SamplingParams(max_new_tokens=20), late.append, deadline=time.monotonic() - 1)
   engine._tick()
   assert late[-1].finish_reason == "timeout"
+  # Waiting requests that ended (cancelled, past their deadline) give their queue places back at once,
+  # though no slot is free for them: busy slots, a queue of one.
+  busy = []
+  for _ in range(2):
+    busy.append(engine.submit(prompt, SamplingParams(max_new_tokens=20, ignore_eos=True), lambda e: None))
+    engine._tick()
+  waiting = []
+  engine.submit(prompt, SamplingParams(), waiting.append).cancel()
+  engine.submit(prompt, SamplingParams(), lambda e: None)    # no QueueFull: the cancelled one left
+  assert waiting[-1].finish_reason == "cancelled" and len(busy) == engine.num_slots
 
 
 def test_the_engine_thread_serves_concurrent_requests(gpt2):

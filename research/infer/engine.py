@@ -104,7 +104,7 @@ class Engine:
                max_len: int | None = None, mesh=None, model_name: str = "model"):
     self.cfg, self.tokenizer, self.model_name = cfg, tokenizer, model_name
     self.decoder = SlotDecoder(model, cfg.model, num_slots, max_len, mesh)
-    self.max_len = self.decoder.max_len
+    self.max_len, self.num_slots = self.decoder.max_len, int(num_slots)
     self.max_queue = int(max_queue)
     self._slots: list[_Request | None] = [None] * num_slots
     self._queue: collections.deque[_Request] = collections.deque()
@@ -143,6 +143,7 @@ class Engine:
     request = _Request(prompt, params, on_event, deadline, Handle(), seed & 0xFFFFFFFF,
                        TextStream(self.tokenizer, params.stop_strings), frozenset(stop_ids), limit)
     with self._cond:
+      self._drop_ended(time.monotonic())
       if _bounded and len(self._queue) >= self.max_queue:
         raise QueueFull(f"{len(self._queue)} requests are waiting (--max_queue={self.max_queue})")
       self._queue.append(request)
@@ -215,10 +216,25 @@ class Engine:
         if request is not None:
           self._finish(slot, request, "error", f"{type(e).__name__}: {e}")
 
+  def _drop_ended(self, now: float) -> None:
+    """Waiting requests cancelled or past their deadline leave the queue (and free its places) now.
+    Called with self._cond held."""
+    if not any(self._ended(r, now) for r in self._queue):
+      return
+    waiting = collections.deque()
+    for request in self._queue:
+      ended = self._ended(request, now)
+      if ended:
+        self._emit(request, Event([], "", [], [], ended))
+      else:
+        waiting.append(request)
+    self._queue = waiting
+
   def _admit(self) -> None:
     now = time.monotonic()
     rows, requests = [], []
     with self._cond:
+      self._drop_ended(now)
       free = [s for s, r in enumerate(self._slots) if r is None]
       while self._queue and len(rows) < len(free):
         request = self._queue.popleft()

@@ -44,9 +44,9 @@ def generate(engine: Engine, prompts: Sequence[Sequence[int]], settings: Generat
 def _beams(engine: Engine, prompts, settings: GenerateSettings) -> list[list[Completion]]:
   p, nb = settings.sampling, settings.num_beams
   end = set(p.stop_token_ids) | ({engine.tokenizer.eos_id} if not p.ignore_eos else set())
-  per_call = max(1, engine.decoder.num_slots // nb)
-  if nb > engine.decoder.num_slots:
-    raise ValueError(f"num_beams={nb} needs {nb} slots; the engine has {engine.decoder.num_slots}")
+  per_call = max(1, engine.num_slots // nb)
+  if nb > engine.num_slots:
+    raise ValueError(f"num_beams={nb} needs {nb} slots; the engine has {engine.num_slots}")
   out = []
   for start in range(0, len(prompts), per_call):
     chunk = [list(x) for x in prompts[start:start + per_call]]

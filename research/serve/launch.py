@@ -26,7 +26,7 @@ def run(served: Served, host: str, port: int) -> None:
   served.engine.start()
   chat = served.chat.template.name if served.chat is not None else "none (completions only)"
   print(f"serving {served.model_name!r} on http://{host}:{port} (context {served.max_len} tokens, "
-        f"chat template {chat}, {served.engine.decoder.num_slots} slots)", flush=True)
+        f"chat template {chat}, {served.engine.num_slots} slots)", flush=True)
   try:
     uvicorn.run(create_app(served), host=host, port=port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=5)
