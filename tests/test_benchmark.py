@@ -95,3 +95,19 @@ def test_quality_runs_compare_with_the_recorded_loss(corpus_dir, tmp_path, monke
     quality.run_quality(["nope"], str(tmp_path))
   with pytest.raises(ValueError, match="needs nanoGPT's tinyshakespeare input.txt"):
     quality.run_quality(["needs_text"], str(tmp_path), char_data="")
+
+
+def test_decode_benchmark_reports_offline_and_served_figures(pretrained):
+  """On the session's tiny checkpoint: every batch size's keys, and the server under 3 clients
+  answering every request with all its tokens."""
+  from research.perf.decode_bench import benchmark_decode
+  _, workdir = pretrained
+  r = benchmark_decode(None, str(workdir), [1, 2], prompt_len=8, new_tokens=4, repeats=1, clients=3,
+                       compare_pytorch=False)
+  for b in ("1", "2"):
+    for key in ("prefill_tokens_per_sec", "decode_tokens_per_sec", "decode_step_ms", "time_to_first_token_ms",
+                "kv_cache_bytes"):
+      assert r["offline"][b][key] > 0, (b, key)
+  served = r["served"]
+  assert served["requests"] == 3 * served["requests_per_client"]
+  assert served["completion_tokens_per_sec"] > 0 and served["latency_ms"]["p99"] >= served["latency_ms"]["p50"]

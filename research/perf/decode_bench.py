@@ -39,8 +39,8 @@ def model_for(cfg, checkpoint: str | None):
     return model, cfg, research.load_tokenizer(checkpoint)
   from research.models.registry import build_model
   from research.train.setup import complete_config
-  complete_config(cfg, len(jax.devices()), log=lambda *a: None, need_data=False)
-  return build_model(cfg.model, nnx.Rngs(cfg.seed)), cfg, None
+  _, data = complete_config(cfg, len(jax.devices()), log=lambda *a: None, need_data=True)   # its tokenizer
+  return build_model(cfg.model, nnx.Rngs(cfg.seed)), cfg, data.tokenizer
 
 
 def _time(fn, repeats: int) -> float:
