@@ -20,6 +20,9 @@ KINDS = ("perplexity", "mc", "classify")
 KIND_OPTIONS = {"mc": {"num_fewshot": int, "fewshot_data": str, "seed": int},
                 "perplexity": {"stride": int, "text_field": str},
                 "classify": {"text_field": str, "label_field": str}}
+# What training logs of each kind, as eval_<name>_<metric> (scripts/eval.py reports more).
+LOGGED_METRICS = {"perplexity": ("perplexity", "bits_per_byte"), "mc": ("acc", "acc_norm"),
+                  "classify": ("loss", "accuracy", "precision", "recall", "f1")}
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 DEFAULT_SEED = 1234   # lm-eval's default fewshot seed
 
@@ -33,6 +36,10 @@ class EvalTaskSpec:
 
   def option(self, key: str, default=None):
     return dict(self.options).get(key, default)
+
+  def metric_names(self) -> list[str]:
+    """The keys training writes for this task."""
+    return [f"eval_{self.name}_{m}" for m in LOGGED_METRICS[self.kind]]
 
   def files(self) -> list[tuple[str, str]]:
     """(what, path) of every file the task reads."""
