@@ -20,32 +20,22 @@ evaluate.load_scorer(checkpoint, ...)) then
   scorer.score([TokenRequest(tokens, num_scored), ...]) -> [TokenScores(logprobs, greedy)]
   loglikelihood(scorer, tokenizer, [(context, continuation), ...]) -> [(float64 sum, is_greedy)]
   loglikelihood_rolling(scorer, tokenizer, [text, ...]) -> [float64 sum over every token]
+(likelihood.py). Names are imported on first use, so `research.evals.spec` (the config's
+validation) imports no JAX.
 """
-from research.evals.requests import document_prefix, encode_pair, pair_request, rolling_requests
-from research.evals.scoring import Scorer, TokenRequest, TokenScores
+import importlib
+
+_EXPORTS = {"Scorer": "scoring", "TokenRequest": "scoring", "TokenScores": "scoring", "make_logprob_fn": "scoring",
+            "encode_pair": "requests", "pair_request": "requests", "rolling_requests": "requests",
+            "document_prefix": "requests", "loglikelihood": "likelihood", "loglikelihood_rolling": "likelihood",
+            "perplexity": "likelihood", "multiple_choice": "likelihood", "load_scorer": "evaluate",
+            "evaluate_checkpoint": "evaluate"}
 
 
-def loglikelihood(scorer: Scorer, tokenizer, pairs) -> list[tuple[float, bool]]:
-  """lm-eval's loglikelihood: for each (context, continuation) the continuation's summed
-  log-probability (float64) and whether every one of its tokens was the argmax."""
-  requests = [pair_request(*encode_pair(tokenizer, c, x), scorer.context) for c, x in pairs]
-  return [(s.total, s.is_greedy) for s in scorer.score(requests)]
+def __getattr__(name):
+  if name not in _EXPORTS:
+    raise AttributeError(f"module 'research.evals' has no attribute {name!r}")
+  return getattr(importlib.import_module(f"research.evals.{_EXPORTS[name]}"), name)
 
 
-def loglikelihood_rolling(scorer: Scorer, tokenizer, texts, stride: int | None = None) -> list[float]:
-  """Each text's summed log-probability of all its tokens after the training document prefix
-  (sliding windows, stride default context // 2: requests.py's rule)."""
-  from research.evals.likelihood import default_stride
-  stride = stride or default_stride(scorer.context)
-  per_text = [rolling_requests(tokenizer.encode(t), document_prefix(tokenizer), scorer.context, stride)
-              for t in texts]
-  scores = scorer.score([r for rs in per_text for r in rs])
-  out, at = [], 0
-  for rs in per_text:
-    out.append(sum(s.total for s in scores[at:at + len(rs)]))
-    at += len(rs)
-  return out
-
-
-__all__ = ["Scorer", "TokenRequest", "TokenScores", "encode_pair", "loglikelihood", "loglikelihood_rolling",
-           "pair_request", "rolling_requests"]
+__all__ = sorted(_EXPORTS)

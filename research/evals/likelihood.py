@@ -147,3 +147,26 @@ def multiple_choice(scorer: Scorer, tokenizer, items: list[Choice], pool: list[C
                     num_fewshot: int = 0, seed: int = 1234, pool_is_items: bool = False) -> dict:
   prepared = prepare_mc(tokenizer, items, scorer.context, pool, num_fewshot, seed, pool_is_items)
   return mc_result(prepared, scorer.score(prepared.requests))
+
+
+# ------------------------------------------------------------------------------- for other modules (a server)
+
+def loglikelihood(scorer: Scorer, tokenizer, pairs) -> list[tuple[float, bool]]:
+  """lm-eval's loglikelihood: for each (context, continuation) the continuation's summed
+  log-probability (float64) and whether every one of its tokens was the argmax."""
+  requests = [pair_request(*encode_pair(tokenizer, c, x), scorer.context) for c, x in pairs]
+  return [(s.total, s.is_greedy) for s in scorer.score(requests)]
+
+
+def loglikelihood_rolling(scorer: Scorer, tokenizer, texts, stride: int | None = None) -> list[float]:
+  """Each text's summed log-probability of all its tokens after the training document prefix
+  (sliding windows, stride default context // 2: requests.py's rule)."""
+  stride = stride or default_stride(scorer.context)
+  per_text = [rolling_requests(tokenizer.encode(t), document_prefix(tokenizer), scorer.context, stride)
+              for t in texts]
+  scores = scorer.score([r for rs in per_text for r in rs])
+  out, at = [], 0
+  for rs in per_text:
+    out.append(sum(s.total for s in scores[at:at + len(rs)]))
+    at += len(rs)
+  return out

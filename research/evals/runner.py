@@ -48,13 +48,21 @@ class Runner:
     return other
 
   def __call__(self, batch: dict[str, np.ndarray]) -> Any:
+    return self.fetch(self.dispatch(batch))
+
+  def dispatch(self, batch: dict[str, np.ndarray]) -> Any:
+    """Starts the computation and returns its (device) outputs without waiting for them."""
     if self.mesh is None:
-      return jax.device_get(self._fn(self.params, {k: jax.numpy.asarray(v) for k, v in batch.items()}))
+      return self._fn(self.params, {k: jax.numpy.asarray(v) for k, v in batch.items()})
     from research.sharding import activation_rules
     # Every process holds the whole batch; each device takes its rows from it (callback), so no
     # process needs to know which rows the others hold.
     placed = {k: jax.make_array_from_callback(v.shape, self._batch_sharding(v.ndim), lambda i, v=v: v[i])
               for k, v in batch.items()}
     with activation_rules(self.mesh, self.rules):
-      out = self._fn(self.params, placed)
-    return jax.tree.map(np.asarray, out)
+      return self._fn(self.params, placed)
+
+  @staticmethod
+  def fetch(outputs: Any) -> Any:
+    """Device outputs -> numpy (replicated on a mesh: every process reads them whole)."""
+    return jax.tree.map(np.asarray, outputs)

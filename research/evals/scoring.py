@@ -128,16 +128,26 @@ class Scorer:
       raise ValueError(f"a request of {too_long[0]} input tokens is longer than the context of {self.context}")
     rows = layout_rows([r.length for r in requests], self.context, self.packing)
     out: list[TokenScores | None] = [None] * len(requests)
+
+    def collect(pending):
+      (logprobs_BxL, greedy_BxL), where = self.runner.fetch(pending[0]), pending[1]
+      for i, (b, end) in where.items():
+        n = requests[i].num_scored
+        out[i] = TokenScores(np.asarray(logprobs_BxL[b, end - n:end], np.float32),
+                             np.asarray(greedy_BxL[b, end - n:end], bool))
+
+    pending = None
     for start in range(0, len(rows), self.batch_size):
       chunk = rows[start:start + self.batch_size]
       fill = max(sum(requests[i].length for i in row) for row in chunk)
       width = next(n for n in self.row_lengths if n >= fill)
       batch, where = self._batch(requests, chunk, width)
-      logprobs_BxL, greedy_BxL = self.runner(batch)
-      for i, (b, end) in where.items():
-        n = requests[i].num_scored
-        out[i] = TokenScores(np.asarray(logprobs_BxL[b, end - n:end], np.float32),
-                             np.asarray(greedy_BxL[b, end - n:end], bool))
+      running = (self.runner.dispatch(batch), where)
+      if pending is not None:  # fetched one batch behind, so the device never waits for the host
+        collect(pending)
+      pending = running
+    if pending is not None:
+      collect(pending)
     return out
 
   def _batch(self, requests, chunk, width) -> tuple[dict, dict]:
