@@ -30,7 +30,8 @@ def test_eval_script_writes_json_lines_and_refuses_bad_input_in_one_line(pretrai
   assert any(row.split()[:1] == ["acc_norm"] for row in done.stdout.splitlines())
   items.write_text(items.read_text() + '{"context": "x", "choices": ["a", "b"], "gold": "a"}\n')
   for args, message in [((f"--task=mc", f"--data={items}"), f"error: {items}:4: the field 'gold' must be an integer"),
-                        (("--task=bleu", f"--data={items}"), "error: --task='bleu' is not one of perplexity, mc, classify"),
+                        (("--task=bleu", f"--data={items}"),
+                         "error: --task='bleu' is not one of perplexity, mc, classify"),
                         (("--task=perplexity", f"--data={tmp_path / 'none.txt'}"), "no such file")]:
     failed = _run(f"--checkpoint={workdir}", *args, f"--out={out}")
     assert failed.returncode == 1 and "Traceback" not in failed.stderr

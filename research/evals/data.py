@@ -79,7 +79,7 @@ def read_documents(path: str, text_field: str, doc_split: str) -> list[str]:
 def validation_documents(cfg) -> list[str]:
   """The run's validation split (every source's, in order), as its data pipeline reads it."""
   from research.data.pipeline import default_cache_dir
-  from research.data.sources import open_sources, text_of
+  from research.data.sources import open_sources
   sources = open_sources(cfg.data, cfg.data.cache_dir or default_cache_dir(), log=lambda *a: None)
   return source_validation_documents(sources)
 

@@ -71,6 +71,9 @@ def evaluate_checkpoint(checkpoint: str, task: str, data: str, batch_size: int =
     else:
       if stride and not 1 <= stride <= ctx:
         raise DataError(f"--stride={stride} must be in [1, {ctx}] (the context)")
+      if data == eval_data.VALIDATION and cfg.task.name != "lm":
+        raise DataError(f"--data=validation: a task.name={cfg.task.name} run's validation records are not plain "
+                        "text; give a .txt/.jsonl/.csv file")
       docs = (eval_data.validation_documents(cfg) if data == eval_data.VALIDATION
               else eval_data.read_documents(data, text_field or cfg.data.text_field, cfg.data.doc_split))
       scorer, tokenizer = load_scorer(checkpoint, ctx, batch_size, packing)
@@ -94,8 +97,9 @@ def _choices(data: str, num_fewshot: int, fewshot_data: str | None):
   pool = items if same else eval_data.read_choices(fewshot_data)
   need = num_fewshot + (1 if same else 0)
   if need > len(pool):
-    raise DataError(f"--num_fewshot={num_fewshot} needs {need} examples" + (" (the item itself excluded)" if same else "")
-                    + f"; --fewshot_data={fewshot_data} holds {len(pool)}")
+    excluded = " (the item itself excluded)" if same else ""
+    raise DataError(f"--num_fewshot={num_fewshot} needs {need} examples{excluded}; --fewshot_data={fewshot_data} "
+                    f"holds {len(pool)}")
   return items, pool, same
 
 
@@ -135,7 +139,8 @@ def format_table(result: dict) -> str:
     lines.append(f"{'label':<12} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}")
     for label in labels:
       c = result["per_class"][label]
-      lines.append(f"{label[:12]:<12} {c['precision']:>9.4f} {c['recall']:>9.4f} {c['f1']:>9.4f} {int(c['support']):>9}")
+      lines.append(f"{label[:12]:<12} {c['precision']:>9.4f} {c['recall']:>9.4f} {c['f1']:>9.4f} "
+                   f"{int(c['support']):>9}")
     lines.append("")
     lines.append("confusion (rows true, columns predicted): " + " ".join(label[:8] for label in labels))
     for label, row in zip(labels, result["confusion_matrix"]):

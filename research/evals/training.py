@@ -12,7 +12,6 @@ reads the same replicated result; process 0 writes it.
 from __future__ import annotations
 
 import os
-import time
 
 from research.evals import data as eval_data
 from research.evals.runner import Runner
@@ -67,7 +66,7 @@ class TrainingEvals:
   def run(self, params) -> dict[str, float]:
     from research.evals import likelihood
     from research.evals.classify import classification_result, runner_probabilities
-    out, t0 = {}, time.time()
+    out = {}
     for spec in self.specs:
       prepared = self._prepared[spec.name]
       if spec.kind == "classify":
@@ -78,7 +77,6 @@ class TrainingEvals:
         scores = self._scorer.with_params(params).score(prepared.requests)
         result = (likelihood.mc_result if spec.kind == "mc" else likelihood.perplexity_result)(prepared, scores)
       out.update({f"eval_{spec.name}_{m}": float(result[m]) for m in LOGGED_METRICS[spec.kind]})
-    self.seconds = time.time() - t0
     return out
 
 
