@@ -163,6 +163,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 200       # 0: only at the end
   c.train.eval_at_start = False  # also evaluate before the first step (a finetuning run's starting point)
   c.train.eval_batches = 20      # batches of train.batch_size sequences per evaluation (0: whole split)
+  # Evaluation tasks (research/evals) run at every evaluation and the final one, on the run's own
+  # parameters, logged as eval_<name>_<metric>: entries "[NAME=]KIND:FILE[;key=value...]" with KIND
+  # perplexity (FILE .txt/.jsonl/.csv or `validation`: the run's split; logs perplexity, bits_per_byte;
+  # option stride, text_field) | mc (multiple choice .jsonl {context, choices, gold} scored as
+  # lm-evaluation-harness 0.4 does; logs acc, acc_norm; options num_fewshot, fewshot_data, seed) |
+  # classify (task.name=classify: a labelled .jsonl/.csv; logs loss, accuracy, precision, recall, f1;
+  # options text_field, label_field). NAME (default KIND) tells two tasks of a kind apart:
+  # ("hellaswag=mc:hs.jsonl;num_fewshot=5;fewshot_data=hs_train.jsonl", "perplexity:validation")
+  # logs eval_hellaswag_acc, eval_perplexity_bits_per_byte. Sequences are scored up to train.seq_len.
+  c.train.eval_tasks = ()
   c.train.early_stopping_patience = 0  # > 0: stop after this many evaluations in a row without improving
                                  # checkpoint.best_metric (by checkpoint.best_mode); the best step is kept
                                  # (checkpoint.keep_best >= 1) and its parameters restored at the end; 0: off

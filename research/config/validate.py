@@ -62,7 +62,7 @@ NON_NEGATIVE = ("model.vocab_size", "model.num_kv_heads", "model.head_dim", "mod
 # Tuple keys whose elements are strings: an empty default says nothing about the element type, and
 # '--config.data.val_files=1,2' must give file names, not ints (cli.py parses them as strings).
 STRING_TUPLES = ("data.val_files", "optimizer.no_decay", "finetune.init_new", "finetune.freeze",
-                 "classify.labels", "optimizer.l1_patterns", "lora.targets")
+                 "classify.labels", "optimizer.l1_patterns", "lora.targets", "train.eval_tasks")
 REGEX_TUPLES = ("optimizer.no_decay", "finetune.init_new", "finetune.freeze", "optimizer.l1_patterns",
                 "lora.targets")
 
@@ -270,6 +270,34 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int, need_data:
                       "training, and train.eval_every=0 evaluates only at the end; set train.eval_every")
   if cfg.task.name == "classify":
     _validate_classify(cfg)
+  _check_eval_tasks(cfg)
+
+
+# The evaluation task kinds (research/evals/spec.py) each kind of run can take: a classifier has a
+# head to score labels with; a language model (lm, sft) scores tokens. perplexity:validation reads
+# the run's own split, whose documents are text only for lm.
+EVAL_KINDS = {"lm": ("perplexity", "mc"), "sft": ("perplexity", "mc"), "classify": ("classify",)}
+
+
+def _check_eval_tasks(cfg) -> None:
+  """train.eval_tasks: each entry parses, fits the run's task, and its files exist."""
+  from research.evals.spec import missing_files, parse_specs
+  try:
+    specs = parse_specs(cfg.train.eval_tasks)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  for i, spec in enumerate(specs):
+    where = f"train.eval_tasks[{i}]={cfg.train.eval_tasks[i]!r}"
+    allowed = EVAL_KINDS.get(cfg.task.name, ())
+    if spec.kind not in allowed:
+      raise ConfigError(f"{where}: a {spec.kind} task does not fit task.name={cfg.task.name}, which takes "
+                        f"{' | '.join(allowed) or 'none'}")
+    if spec.kind == "perplexity" and spec.data == "validation" and cfg.task.name != "lm":
+      raise ConfigError(f"{where}: perplexity:validation scores the run's own split, which is text only for "
+                        f"task.name=lm; give a text file")
+    missing = missing_files(spec)
+    if missing:
+      raise ConfigError(f"{where}: no such file: {missing[0]}")
 
 
 def _validate_classify(cfg) -> None:

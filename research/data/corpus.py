@@ -246,6 +246,16 @@ def _documents(spec: CorpusSpec, file: str, skipped: SkipCounter) -> list[str]:
   return [text] if text.strip() else []
 
 
+def file_documents(file: str, format: str = "auto", text_field: str = "text", doc_split: str = "file",
+                   records: Records | None = None) -> list[str]:
+  """The documents of one file, read as a corpus reads it, without a train/validation split: strict
+  UTF-8; .txt split by `doc_split`; .jsonl/.csv records' `text_field` (a record without it is an
+  error naming file:line), or with `records` each record checked and stored as a JSON document
+  (records.parse reads it back, with its file:line)."""
+  spec = CorpusSpec(file, (file,), format, text_field, doc_split, records=records)
+  return [d for d in _documents(spec, file, SkipCounter()) if d.strip()]
+
+
 def _text_skipping_bad_records(spec: CorpusSpec, file: str, skipped: SkipCounter) -> list[str]:
   """A text file's documents without the records that hold bytes that are not UTF-8, each skipped and
   counted. A record is a document with doc_split=blank_lines, and a line with doc_split=file: the

@@ -22,8 +22,9 @@ class StepLog:
   """finish(step, metrics) after each step; evaluate(step, params) at evaluation points."""
 
   def __init__(self, cfg, task, writer, progress, eval_fn, eval_batches, flops_per_token: float, peak: float,
-               reports=None):
+               reports=None, eval_tasks=None):
     self.t, self.task = cfg.train, task
+    self.eval_tasks = eval_tasks  # research.evals.training.TrainingEvals (train.eval_tasks) or None
     self.reports, self.report = reports, None  # reports: EvalReports (eval/<step>.json) or None
     self.writer, self.progress = writer, progress
     self.eval_fn, self.eval_batches = eval_fn, eval_batches
@@ -46,12 +47,15 @@ class StepLog:
     metrics = self.task.metrics(sums)
     assert tuple(metrics) == self.task.metric_names, f"{self.task.name}: metrics {tuple(metrics)} vs metric_names"
     self.report = self.task.eval_report(sums)
+    written = {f"eval_{k}": v for k, v in metrics.items()}
+    if self.eval_tasks is not None:  # on every process: the scoring is collective
+      written.update(self.eval_tasks.run(params))
     if record:
-      self.writer.write(step, {f"eval_{k}": v for k, v in metrics.items()})
-      self.progress.write(f"step {step}: " + " ".join(f"eval_{k} {v:.4f}" for k, v in metrics.items()))
+      self.writer.write(step, written)
+      self.progress.write(f"step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in written.items()))
       if self.report is not None and self.reports is not None:
         self.reports.write(step, self.report)
-    return {f"eval_{k}": v for k, v in metrics.items()}
+    return written
 
   def write_figures(self, step: int) -> list[str]:
     """The task's figures of the last evaluation's report (the run's final one) under eval/."""

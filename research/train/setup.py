@@ -18,7 +18,12 @@ def complete_config(cfg, num_devices: int, log=print, need_data: bool = True,
   finetuning run reads its architecture and tokenizer (default finetune.init_from; a resumed run
   gives its own checkpoint, so the checkpoint it started from may have moved)."""
   task = get_task(cfg)  # an unknown task.name is the first error, before anything is read
-  written = [f"eval_{m}" for m in task.metric_names]
+  from research.evals.spec import parse_specs
+  try:  # the eval tasks' metrics may be the best one too (an unparsable entry: validation says why)
+    tasks_written = [n for spec in parse_specs(cfg.train.eval_tasks) for n in spec.metric_names()]
+  except ValueError:
+    tasks_written = []
+  written = [f"eval_{m}" for m in task.metric_names] + tasks_written
   if cfg.checkpoint.best_metric not in written:
     raise ConfigError(f"checkpoint.best_metric={cfg.checkpoint.best_metric!r} is not one of {', '.join(written)} "
                       f"(what task {task.name} evaluates)")

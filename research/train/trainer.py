@@ -288,8 +288,12 @@ def _train(cfg, workdir: str, log, resume, dry_run: bool, watcher) -> dict:
     if skipped_records:
       writer.write(0, {"skipped_records": skipped_records})
     progress = Progress(t.num_steps, start, enabled=run.is_main, live=t.progress and sys.stderr.isatty())
+    eval_tasks = None
+    if t.eval_tasks:  # read and tokenized now: a bad line stops the run before it trains
+      from research.evals.training import TrainingEvals
+      eval_tasks = TrainingEvals(cfg, program, data.tokenizer, data, log=log)
     step_log = StepLog(cfg, run.task, writer, progress, program.eval_step(), eval_batches, run.fpt, run.peak,
-                       EvalReports(workdir, enabled=run.is_main))
+                       EvalReports(workdir, enabled=run.is_main), eval_tasks)
     stopper = EarlyStopping.from_config(cfg, (saved_meta or {}).get("early_stopping"))
     last_step = start if stopper is not None and stopper.stopped else t.num_steps  # a stopped run stays stopped
     profiler = StepProfiler(workdir, t.profile_start_step, t.profile_stop_step, log=log)
