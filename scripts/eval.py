@@ -1,10 +1,12 @@
 """Evaluate a checkpoint on a task: perplexity, multiple choice (lm-evaluation-harness 0.4's
-log-likelihood scoring) or a classifier's metrics. Prints a table; --out appends one JSON line.
+log-likelihood scoring), a classifier's metrics, or generation against targets (lm-eval's
+generate_until with exact_match). Prints a table; --out appends one JSON line.
 
   python scripts/eval.py --checkpoint=WORKDIR_OR_STEP_DIR --task=perplexity --data=FILE|validation
   python scripts/eval.py --checkpoint=... --task=mc --data=items.jsonl [--num_fewshot=5 \
       --fewshot_data=train.jsonl --seed=1234]
   python scripts/eval.py --checkpoint=CLASSIFIER --task=classify --data=labelled.jsonl
+  python scripts/eval.py --checkpoint=... --task=generate --data=items.jsonl [--until=STR ...] [--max_gen_toks=N]
   [--out=results.jsonl] [--batch_size=32] [--packing=true|false] [--context=N] [--stride=N]
 
 research/evals/ documents each task's exact rules (tokenization, windows, metrics).
@@ -18,7 +20,7 @@ from absl import app, flags, logging  # noqa: E402
 
 flags.DEFINE_string("checkpoint", None, "A workdir (its newest step; a classifier's: its best step after "
                     "early stopping), checkpoints/ dir or step dir.")
-flags.DEFINE_string("task", None, "perplexity | mc | classify.")
+flags.DEFINE_string("task", None, "perplexity | mc | classify | generate.")
 flags.DEFINE_string("data", None, "perplexity: .txt/.jsonl/.csv or 'validation' (the run's split); mc: .jsonl "
                     "of {context, choices, gold}; classify: labelled .jsonl/.csv.")
 flags.DEFINE_string("out", None, "Append the result as one JSON line to this file.")
@@ -33,6 +35,9 @@ flags.DEFINE_string("text_field", None, "The .jsonl field / .csv column of the t
                     "data.text_field).")
 flags.DEFINE_string("label_field", None, "classify: the label's field (default: the run's data.label_field).")
 flags.mark_flags_as_required(["checkpoint", "task", "data"])
+flags.DEFINE_multi_string("until", [], "generate: stop strings (repeatable; default a blank line, lm-eval's).")
+flags.DEFINE_integer("max_gen_toks", 256, "generate: new tokens at most (lm-eval's default 256).")
+flags.DEFINE_integer("num_slots", 8, "generate: sequences decoded together (results do not depend on it).")
 FLAGS = flags.FLAGS
 
 
@@ -46,8 +51,8 @@ def main(_):
   try:
     result = evaluate_checkpoint(FLAGS.checkpoint, FLAGS.task, FLAGS.data, FLAGS.batch_size, FLAGS.packing,
                                  FLAGS.num_fewshot, FLAGS.fewshot_data, FLAGS.seed, FLAGS.stride,
-                                 FLAGS.text_field, FLAGS.label_field, FLAGS.context,
-                                 log=lambda line: print(line, file=sys.stderr))
+                                 FLAGS.text_field, FLAGS.label_field, FLAGS.context, FLAGS.until,
+                                 FLAGS.max_gen_toks, FLAGS.num_slots, log=lambda line: print(line, file=sys.stderr))
   except (CheckpointError, DataError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

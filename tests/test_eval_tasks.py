@@ -325,3 +325,14 @@ def test_classify_task_is_the_finetuning_runs_evaluation(pretrained, tmp_path):
     evaluate_checkpoint(pre_dir, "classify", val, log=lambda *a: None)
   with pytest.raises(DataError, match=r"a classifier checkpoint \(task.name=classify\); its task is --task=classify"):
     evaluate_checkpoint(workdir, "mc", val, log=lambda *a: None)
+
+
+def test_generation_items_and_their_errors(tmp_path):
+  from research.data.corpus import DataError
+  from research.evals.data import read_targets
+  (tmp_path / "g.jsonl").write_text('{"context": "KING.", "target": "x"}\n{"context": "", "target": "y"}\n')
+  with pytest.raises(DataError, match=r"g.jsonl:2: .*'context' must be a non-empty string"):
+    read_targets(str(tmp_path / "g.jsonl"))
+  (tmp_path / "g.jsonl").write_text('{"context": "KING.", "target": "x"}\n\n{"context": "Q", "answer": "y"}\n')
+  with pytest.raises(DataError, match=r"g.jsonl:3: .*'target' must be a string"):
+    read_targets(str(tmp_path / "g.jsonl"))

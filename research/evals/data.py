@@ -100,3 +100,30 @@ def read_labelled(path: str, text_field: str, label_field: str) -> list[dict]:
   if not docs:
     raise DataError(f"{path}: no labelled texts")
   return [parse(d) for d in docs]
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """One generation item: the model continues `context`; `target` is the expected answer."""
+  context: str
+  target: str
+  where: str = ""
+
+
+def check_target(record: dict) -> dict:
+  context, target = record.get("context"), record.get("target")
+  if not isinstance(context, str) or not context:
+    raise ValueError(f"the field 'context' must be a non-empty string (it is {_shown(record, 'context')})")
+  if not isinstance(target, str):
+    raise ValueError(f"the field 'target' must be a string (it is {_shown(record, 'target')})")
+  return {"context": context, "target": target}
+
+
+def read_targets(path: str) -> list[Target]:
+  """Every item of a generation .jsonl file ({"context": str, "target": str}), in file order."""
+  _require_file(path, "generation items", (".jsonl", ".json"))
+  docs = file_documents(path, format="jsonl", records=Records("generate", check_target))
+  items = [Target(r["context"], r["target"], r[WHERE]) for r in map(parse, docs)]
+  if not items:
+    raise DataError(f"{path}: no generation items")
+  return items

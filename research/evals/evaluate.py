@@ -15,7 +15,8 @@ from research.data.corpus import DataError
 from research.evals import data as eval_data
 from research.evals.spec import DEFAULT_SEED, KINDS
 
-NOT_WRITTEN = ("loglikelihoods",)   # per-item values: the library returns them, the JSON line does not
+NOT_WRITTEN = ("loglikelihoods", "responses")
+SCRIPT_KINDS = KINDS + ("generate",)   # generate: scripts/eval.py only (it decodes; training's tasks score)   # per-item values: the library returns them, the JSON line does not
 
 
 def _lm_config(checkpoint: str):
@@ -45,12 +46,13 @@ def load_scorer(checkpoint: str, context: int, batch_size: int, packing: bool):
 def evaluate_checkpoint(checkpoint: str, task: str, data: str, batch_size: int = 32, packing: bool = True,
                         num_fewshot: int = 0, fewshot_data: str | None = None, seed: int = DEFAULT_SEED,
                         stride: int = 0, text_field: str | None = None, label_field: str | None = None,
-                        context: int = 0, log=print) -> dict:
+                        context: int = 0, until=None, max_gen_toks: int = 256, num_slots: int = 8,
+                        log=print) -> dict:
   """One task on one checkpoint -> its result: {task, checkpoint, step, data, ...the metrics}.
   Bad input raises DataError (or CheckpointError) with one line naming the file:line or flag."""
   from research.checkpoint.loading import resolve_step_dir
-  if task not in KINDS:
-    raise DataError(f"--task={task!r} is not one of {', '.join(KINDS)}")
+  if task not in SCRIPT_KINDS:
+    raise DataError(f"--task={task!r} is not one of {', '.join(SCRIPT_KINDS)}")
   if not data:
     raise DataError("--data is empty: give a file" + (" or 'validation'" if task == "perplexity" else ""))
   if task != "mc" and (num_fewshot or fewshot_data):
@@ -59,6 +61,8 @@ def evaluate_checkpoint(checkpoint: str, task: str, data: str, batch_size: int =
     raise DataError(f"--batch_size={batch_size} must be >= 1")
   if task == "classify":
     result = _classify(checkpoint, data, text_field, label_field, batch_size, log)
+  elif task == "generate":
+    result = _generate(checkpoint, data, until, max_gen_toks, context, num_slots, log)
   else:
     cfg = _lm_config(checkpoint)
     ctx = context_length(cfg, context)
@@ -101,6 +105,23 @@ def _choices(data: str, num_fewshot: int, fewshot_data: str | None):
     raise DataError(f"--num_fewshot={num_fewshot} needs {need} examples{excluded}; --fewshot_data={fewshot_data} "
                     f"holds {len(pool)}")
   return items, pool, same
+
+
+def _generate(checkpoint, data, until, max_gen_toks, context, num_slots, log) -> dict:
+  from research.evals.generation import DEFAULT_UNTIL, generate_until
+  from research.infer.engine import Engine
+  if max_gen_toks < 1:
+    raise DataError(f"--max_gen_toks={max_gen_toks} must be >= 1")
+  cfg = _lm_config(checkpoint)
+  items = eval_data.read_targets(data)
+  ctx = context or cfg.model.max_seq_len
+  if ctx > cfg.model.max_seq_len or ctx - 1 - max_gen_toks < 1:
+    raise DataError(f"--context={ctx} must be at most model.max_seq_len={cfg.model.max_seq_len} and leave room "
+                    f"for --max_gen_toks={max_gen_toks} and a context")
+  engine = Engine.from_checkpoint(checkpoint, num_slots=num_slots)
+  log(f"eval: generate, {len(items):,} items of {data}, greedy, until {list(until or DEFAULT_UNTIL)!r}, "
+      f"{max_gen_toks} tokens at most")
+  return generate_until(engine, items, tuple(until or DEFAULT_UNTIL), max_gen_toks, ctx)
 
 
 def _classify(checkpoint, data, text_field, label_field, batch_size, log) -> dict:
