@@ -7,7 +7,7 @@ penalty) or beam search, with a KV cache, prompts batched together.
 
 A single prompt's tokens are printed as they come; --json writes one JSON object per completion
 ({prompt_index, index, prompt, text, token_ids, finish_reason, logprobs}). --prompts_file holds one
-prompt per line (.txt) or {"prompt": ...} objects (.jsonl). The prompt is encoded as training
+prompt per line (.txt), {"prompt": ...} objects (.jsonl) or a `prompt` column (.csv). The prompt is encoded as training
 documents start (BOS for tokenizers that use it; an empty prompt starts after EOS).
 """
 import json
@@ -40,24 +40,11 @@ FLAGS = flags.FLAGS
 
 
 def read_prompts(path: str) -> list[str]:
-  from research.data.corpus import DataError, read_text
+  from research.data.corpus import DataError
+  from research.infer.texts import read_texts
   if not os.path.isfile(path):
     raise DataError(f"{path}: no such file (--prompts_file)")
-  lines = read_text(path).splitlines()
-  if not path.endswith(".jsonl"):
-    return [line for line in lines if line.strip()]
-  prompts = []
-  for number, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise DataError(f"{path}:{number}: not a JSON object ({e})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-      raise DataError(f"{path}:{number}: no string field 'prompt'")
-    prompts.append(record["prompt"])
-  return prompts
+  return read_texts(path, "prompt", flag="the prompts file's field")
 
 
 def main(_):

@@ -10,7 +10,6 @@ Shape legend: B batch, L length, C classes.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 
@@ -20,9 +19,10 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from research.data.corpus import DataError, read_text
+from research.data.corpus import DataError
 from research.data.labelled import example_row
 from research.data.rows import Tokenize
+from research.infer.texts import read_texts  # noqa: F401  (predict_file's reader, re-exported)
 from research.tasks.classify import Classification
 
 
@@ -38,38 +38,6 @@ def resolve_checkpoint(path: str) -> tuple[str, str]:
   from research.checkpoint.loading import resolve_step_dir
   directory, step = resolve_step_dir(path)
   return f"{directory}/{step}", f"step {step}"
-
-
-def read_texts(path: str, text_field: str) -> list[str]:
-  """The texts of a .jsonl, .csv or .txt file; a record without a text is an error naming file:line."""
-  if path.endswith((".jsonl", ".json")):
-    texts = []
-    for number, line in enumerate(read_text(path).splitlines(), 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{number}: not a JSON object ({e})") from None
-      if not isinstance(record, dict) or not isinstance(record.get(text_field), str) or not record[text_field].strip():
-        raise DataError(f"{path}:{number}: no non-empty string field {text_field!r} (--text_field)")
-      texts.append(record[text_field])
-    return texts
-  if path.endswith(".csv"):
-    reader = csv.DictReader(read_text(path).splitlines(keepends=True))
-    if text_field not in (reader.fieldnames or ()):
-      raise DataError(f"{path}:1: no column {text_field!r} (--text_field); the header has: "
-                      f"{', '.join(reader.fieldnames or ())}")
-    texts, start = [], reader.line_num + 1
-    for row in reader:
-      if not (row.get(text_field) or "").strip():
-        raise DataError(f"{path}:{start}: the text column {text_field!r} is empty")
-      texts.append(row[text_field])
-      start = reader.line_num + 1
-    return texts
-  if path.endswith(".txt"):
-    return [line for line in read_text(path).splitlines() if line.strip()]
-  raise DataError(f"{path}: predictions read .jsonl, .csv or .txt files")
 
 
 class Classifier:

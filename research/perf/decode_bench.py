@@ -31,16 +31,19 @@ def _rows(n: int) -> RowSampling:
                      z(0, np.int32))
 
 
-def model_for(cfg, checkpoint: str | None):
-  """(model, config, tokenizer or None): a checkpoint's, or random weights of the config's shape."""
+def model_for(cfg, checkpoint: str | None, need_tokenizer: bool):
+  """(model, config, tokenizer or None): a checkpoint's, or random weights of the config's shape (its
+  tokenizer, from its data, only when asked for or when the vocabulary comes from it: an explicit
+  model.vocab_size needs no data stack, as on a bare GPU image)."""
   if checkpoint:
     import research
     model, cfg = research.load_model(checkpoint, merge=True)
     return model, cfg, research.load_tokenizer(checkpoint)
   from research.models.registry import build_model
   from research.train.setup import complete_config
-  _, data = complete_config(cfg, len(jax.devices()), log=lambda *a: None, need_data=True)   # its tokenizer
-  return build_model(cfg.model, nnx.Rngs(cfg.seed)), cfg, data.tokenizer
+  need_data = need_tokenizer or cfg.model.vocab_size == 0
+  _, data = complete_config(cfg, len(jax.devices()), log=lambda *a: None, need_data=need_data)
+  return build_model(cfg.model, nnx.Rngs(cfg.seed)), cfg, data.tokenizer if data is not None else None
 
 
 def _time(fn, repeats: int) -> float:
@@ -104,7 +107,7 @@ def pytorch(cfg, model, batch_sizes, prompt_len: int, new_tokens: int, repeats: 
 
 def benchmark_decode(cfg, checkpoint: str | None, batch_sizes, prompt_len: int, new_tokens: int, repeats: int,
                      clients: int, compare_pytorch: bool) -> dict:
-  model, cfg, tokenizer = model_for(cfg, checkpoint)
+  model, cfg, tokenizer = model_for(cfg, checkpoint, need_tokenizer=clients > 0)
   devices = jax.devices()
   result = {"mode": "decode", "prompt_len": prompt_len, "new_tokens": new_tokens, "dtype": cfg.model.dtype,
             "device_kind": devices[0].device_kind, "devices": 1,
