@@ -111,9 +111,13 @@ class SlotDecoder:
     return Choice(*(a[:n] for a in choice))
 
   def step(self, tokens_S: np.ndarray, positions_S: np.ndarray, sampling: RowSampling,
-           filtered: bool) -> Choice:
-    """Every slot's token tokens_S[s] at position positions_S[s]: writes it, chooses the next."""
-    fn = self._jit(("step", filtered), self._step_fn(filtered), donate=(1, 2))
+           filtered: bool, penalised: bool = True) -> Choice:
+    """Every slot's token tokens_S[s] at position positions_S[s]: writes it, chooses the next.
+    penalised=False: no running row uses the repetition penalty (its seen tokens are not kept: a row
+    that does gets them from its prefill). Attention reads the cache up to a power-of-two bucket of
+    the furthest position, so compiled programs are per (filtered, penalised, span)."""
+    span = bucket(int(np.max(positions_S)) + 1, self.max_len)
+    fn = self._jit(("step", filtered, penalised, span), self._step_fn(filtered, penalised, span), donate=(1, 2))
     self.cache, self.seen, choice = fn(self.state, self.cache, self.seen, np.asarray(tokens_S, np.int32),
                                        np.asarray(positions_S, np.int32), sampling)
     return choice
@@ -170,17 +174,17 @@ class SlotDecoder:
       return cache, seen, choose(logits_nxV, prompt_seen_nxV, sampling, filtered)
     return fn
 
-  def _step_logits(self, state, cache, tokens_S, positions_S):
+  def _step_logits(self, state, cache, tokens_S, positions_S, span=None):
     model = self._model(state)
-    x_Sx1xD, cache = model.cached_hidden_states(tokens_S[:, None], positions_S[:, None], cache)
+    x_Sx1xD, cache = model.cached_hidden_states(tokens_S[:, None], positions_S[:, None], cache, span=span)
     return model.logits(x_Sx1xD)[:, 0], cache
 
-  def _step_fn(self, filtered):
+  def _step_fn(self, filtered, penalised, span):
     def fn(state, cache, seen, tokens_S, positions_S, sampling):
-      # A token is seen (for the repetition penalty) once it is in the context: as it is fed in.
-      seen = seen.at[jnp.arange(seen.shape[0]), tokens_S].set(True)
-      logits_SxV, cache = self._step_logits(state, cache, tokens_S, positions_S)
-      return cache, seen, choose(logits_SxV, seen, sampling, filtered)
+      if penalised:   # a token is seen (for the repetition penalty) once it is in the context: as it is fed in
+        seen = seen.at[jnp.arange(seen.shape[0]), tokens_S].set(True)
+      logits_SxV, cache = self._step_logits(state, cache, tokens_S, positions_S, span)
+      return cache, seen, choose(logits_SxV, seen if penalised else None, sampling, filtered)
     return fn
 
   def _beam_fn(self, n):

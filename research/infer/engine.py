@@ -266,7 +266,9 @@ class Engine:
       tokens[s], positions[s] = r.generated[-1], len(r.prompt) + len(r.generated) - 1
     by_slot = [r for r in self._slots]
     sampling = self._sampling(by_slot)
-    choice = self.decoder.step(tokens, positions, sampling, self._filtered([r for _, r in active]))
+    running = [r for _, r in active]
+    choice = self.decoder.step(tokens, positions, sampling, self._filtered(running),
+                               any(r.params.repetition_penalty != 1 for r in running))
     self._accept([s for s, _ in active], [r for _, r in active], choice, indexed_by_slot=True)
 
   def _accept(self, rows, requests, choice, indexed_by_slot: bool = False) -> None:

@@ -59,11 +59,12 @@ def _filter_row(x_V: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array
   return jnp.where(x_V < sorted_V[keep - 1], -jnp.inf, x_V)
 
 
-def choose(logits_SxV: jax.Array, seen_SxV: jax.Array, rows: RowSampling, filtered: bool) -> Choice:
-  """The next token of every row. `filtered` (static): some row uses top-k or top-p (a sort of V)."""
+def choose(logits_SxV: jax.Array, seen_SxV: jax.Array | None, rows: RowSampling, filtered: bool) -> Choice:
+  """The next token of every row. `filtered` (static): some row uses top-k or top-p (a sort of V);
+  seen_SxV None: no row uses the repetition penalty."""
   logits_SxV = logits_SxV.astype(jnp.float32)
   model_lp_SxV = jax.nn.log_softmax(logits_SxV, axis=-1)
-  x_SxV = penalise(logits_SxV, seen_SxV, rows.repetition_penalty)
+  x_SxV = logits_SxV if seen_SxV is None else penalise(logits_SxV, seen_SxV, rows.repetition_penalty)
   greedy_S = jnp.argmax(x_SxV, axis=-1).astype(jnp.int32)
   x_SxV = x_SxV / jnp.maximum(rows.temperature, 1e-6)[:, None]
   if filtered:

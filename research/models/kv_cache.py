@@ -8,8 +8,11 @@ A slot's token at position p sits at index p. Two ways in:
   decode:  every slot gets its next token(s) at positions[s]; attention reads the slot's cache up to
     and including that position (minus the sliding window, for Mistral).
 
-Shape legend: Ly layers, S slots, M cache length, T new tokens, K kv_heads, Dh head_dim, H heads.
-Sharded like the activations: slots over the batch axes, kv heads over `tensor`.
+Shape legend: Ly layers, S slots, M cache length, T new tokens, K kv_heads, G = H / K, Dh head_dim.
+Sharded like the activations: slots over the batch axes, kv heads over `tensor`. Stored heads before
+positions ([S, K, M, Dh]), so the decode step's attention contracts the cache in place: with the
+training layout ([S, M, K, Dh]) XLA CPU transposed every layer's whole cache at every step, and the
+default model's decode step at batch 32 took 33 ms instead of 6 (PERFORMANCE.md).
 """
 from __future__ import annotations
 
@@ -20,12 +23,13 @@ import jax.numpy as jnp
 
 from research.sharding import constrain
 
-CACHE_AXES = ("layers", "act_batch", None, "act_kv_heads", None)   # [Ly, S, M, K, Dh]
+CACHE_AXES = ("layers", "act_batch", "act_kv_heads", None, None)   # [Ly, S, K, M, Dh]
+F32 = jnp.float32
 
 
 class KVCache(NamedTuple):
-  """k, v: [Ly, S, M, K, Dh] arrays when the model's layers are scanned (model.scan_layers), else
-  tuples of Ly [S, M, K, Dh] arrays (each layer updated in place: no stacked copy per step)."""
+  """k, v: [Ly, S, K, M, Dh] arrays when the model's layers are scanned (model.scan_layers), else
+  tuples of Ly [S, K, M, Dh] arrays (each layer updated in place: no stacked copy per step)."""
   k: jax.Array | tuple
   v: jax.Array | tuple
 
@@ -34,7 +38,7 @@ class KVCache(NamedTuple):
     """`sharding(names, shape)` -> a jax Sharding (None: the default device)."""
     kv_heads = model_cfg.num_kv_heads or model_cfg.num_heads
     head_dim = model_cfg.head_dim or model_cfg.embed_dim // model_cfg.num_heads
-    layer_shape = (slots, length, kv_heads, head_dim)
+    layer_shape = (slots, kv_heads, length, head_dim)
 
     def make(shape, names):
       if sharding is None:
@@ -58,34 +62,52 @@ class KVCache(NamedTuple):
     axis = 0 if isinstance(self.k, tuple) else 1
     return jax.tree.map(lambda a: jnp.take(a, rows_S, axis=axis), self)
 
-  def layer(self, i: int, rows: jax.Array | None) -> "LayerCache":
-    return LayerCache(self.k[i], self.v[i], rows)
+  def layer(self, i: int, rows: jax.Array | None, span: int | None = None) -> "LayerCache":
+    return LayerCache(self.k[i], self.v[i], rows, span)
 
 
 class LayerCache(NamedTuple):
-  """One layer's cache, [S, M, K, Dh] each; `rows` ([n] slot indices) marks a prefill of n rows."""
+  """One layer's cache, [S, K, M, Dh] each; `rows` ([n] slot indices) marks a prefill of n rows;
+  `span` (static): a decode step attends to the first `span` positions only (every row's position is
+  below it), so a short sequence in a long cache reads only its part."""
   k: jax.Array
   v: jax.Array
   rows: jax.Array | None
+  span: int | None = None
 
   def attend(self, q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, positions_BxT, sliding_window: int):
     """Writes the new keys/values, returns (attention output [B, T, H, Dh], the updated cache)."""
-    from research.models.attention_xla import causal_attention, masked_attention
-    k_new, v_new = k_BxTxKxDh.astype(self.k.dtype), v_BxTxKxDh.astype(self.v.dtype)
+    from research.models.attention_xla import causal_attention
     t = q_BxTxHxDh.shape[1]
+    k_BxKxTxDh = jnp.swapaxes(k_BxTxKxDh, 1, 2).astype(self.k.dtype)
+    v_BxKxTxDh = jnp.swapaxes(v_BxTxKxDh, 1, 2).astype(self.v.dtype)
     if self.rows is not None:   # prefill: the chunk starts each row at position 0
-      k_cache = self.k.at[self.rows, :t].set(k_new)
-      v_cache = self.v.at[self.rows, :t].set(v_new)
-      out = causal_attention(q_BxTxHxDh, k_new, v_new, sliding_window=sliding_window)
-    else:
-      write = jax.vmap(lambda c, x, p: jax.lax.dynamic_update_slice_in_dim(c, x, p, axis=0))
-      k_cache = write(self.k, k_new, positions_BxT[:, 0])
-      v_cache = write(self.v, v_new, positions_BxT[:, 0])
-      k_cache = constrain(k_cache, CACHE_AXES[1:])
-      v_cache = constrain(v_cache, CACHE_AXES[1:])
-      keys_M = jnp.arange(self.k.shape[1])
-      mask_BxTxM = keys_M[None, None, :] <= positions_BxT[:, :, None]
-      if sliding_window:
-        mask_BxTxM &= keys_M[None, None, :] > positions_BxT[:, :, None] - sliding_window
-      out = masked_attention(q_BxTxHxDh, k_cache, v_cache, mask_BxTxM)
-    return out, LayerCache(k_cache, v_cache, self.rows)
+      k_cache = self.k.at[self.rows, :, :t].set(k_BxKxTxDh)
+      v_cache = self.v.at[self.rows, :, :t].set(v_BxKxTxDh)
+      out = causal_attention(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, sliding_window=sliding_window)
+      return out, LayerCache(k_cache, v_cache, self.rows)
+    write = jax.vmap(lambda c, x, p: jax.lax.dynamic_update_slice_in_dim(c, x, p, axis=1))
+    k_cache = constrain(write(self.k, k_BxKxTxDh, positions_BxT[:, 0]), CACHE_AXES[1:])
+    v_cache = constrain(write(self.v, v_BxKxTxDh, positions_BxT[:, 0]), CACHE_AXES[1:])
+    span = self.span or self.k.shape[2]
+    keys_M = jnp.arange(span)
+    mask_BxTxM = keys_M[None, None, :] <= positions_BxT[:, :, None]
+    if sliding_window:
+      mask_BxTxM &= keys_M[None, None, :] > positions_BxT[:, :, None] - sliding_window
+    out = _cached_attention(q_BxTxHxDh, k_cache[:, :, :span], v_cache[:, :, :span], mask_BxTxM)
+    return out, LayerCache(k_cache, v_cache, None, self.span)
+
+
+def _cached_attention(q_BxTxHxDh, k_BxKxMxDh, v_BxKxMxDh, mask_BxTxM) -> jax.Array:
+  """softmax(q k^T / sqrt(Dh) + mask) v over the cache: scores and softmax in float32, the softmax
+  normalised after the PV matmul (as the training path's forward, research/models/attention_xla.py)."""
+  b, t, h, dh = q_BxTxHxDh.shape
+  kh = k_BxKxMxDh.shape[1]
+  q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, kh, h // kh, dh)
+  scores = jnp.einsum("btkgd,bkmd->bkgtm", q_BxTxKxGxDh, k_BxKxMxDh, preferred_element_type=F32) * dh ** -0.5
+  scores = jnp.where(mask_BxTxM[:, None, None], scores, jnp.finfo(F32).min)
+  unnormalised = jnp.exp(scores - scores.max(-1, keepdims=True))
+  out = jnp.einsum("bkgtm,bkmd->btkgd", unnormalised.astype(q_BxTxHxDh.dtype), v_BxKxMxDh,
+                   preferred_element_type=F32)
+  row_sum = jnp.moveaxis(unnormalised.sum(-1), 3, 1)[..., None]     # [B, T, K, G, 1]
+  return (out / row_sum).astype(q_BxTxHxDh.dtype).reshape(b, t, h, dh)

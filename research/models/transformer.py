@@ -150,15 +150,16 @@ class DecoderLM(nnx.Module):
     return self.final_norm(x_BxLxD)
 
   def cached_hidden_states(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache,
-                           rows: jax.Array | None = None):
+                           rows: jax.Array | None = None, span: int | None = None):
     """Decoding (research/models/kv_cache.py): (hidden states [B, T, D], the updated KVCache).
-    `rows` given: a prefill of those cache rows (positions from 0); None: a decode step of every row."""
+    `rows` given: a prefill of those cache rows (positions from 0); None: a decode step of every row,
+    attending to the cache's first `span` positions (static; None: all)."""
     x_BxTxD, _ = self._embed(tokens_BxT, positions_BxT, None)
     from research.models.kv_cache import KVCache, LayerCache
     if not self.cfg.scan_layers:
       ks, vs = [], []
       for i, block in enumerate(self.blocks):
-        x_BxTxD, layer = block(x_BxTxD, positions_BxT, None, None, cache=cache.layer(i, rows))
+        x_BxTxD, layer = block(x_BxTxD, positions_BxT, None, None, cache=cache.layer(i, rows, span))
         ks.append(layer.k)
         vs.append(layer.v)
       return self.final_norm(x_BxTxD), KVCache(tuple(ks), tuple(vs))
@@ -166,7 +167,7 @@ class DecoderLM(nnx.Module):
 
     def body(x, layer):
       state_i, k_i, v_i = layer
-      x, out = nnx.merge(graphdef, state_i)(x, positions_BxT, None, None, cache=LayerCache(k_i, v_i, rows))
+      x, out = nnx.merge(graphdef, state_i)(x, positions_BxT, None, None, cache=LayerCache(k_i, v_i, rows, span))
       return x, (out.k, out.v)
 
     x_BxTxD, (k, v) = jax.lax.scan(body, x_BxTxD, (state, cache.k, cache.v))

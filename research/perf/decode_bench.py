@@ -114,7 +114,7 @@ def benchmark_decode(cfg, checkpoint: str | None, batch_sizes, prompt_len: int, 
             "offline": offline(model, cfg, batch_sizes, prompt_len, new_tokens, repeats)}
   if clients:
     from research.perf.served_bench import served
-    result["served"] = served(model, cfg, tokenizer, clients, prompt_len, new_tokens, num_slots=max(batch_sizes))
+    result["served"] = served(model, cfg, tokenizer, clients, prompt_len, new_tokens, num_slots=clients)
   if compare_pytorch:
     result["pytorch"] = pytorch(cfg, model, batch_sizes, prompt_len, new_tokens, repeats, cfg.model.dtype)
   return result
