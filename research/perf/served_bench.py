@@ -1,7 +1,7 @@
 """The HTTP server under load (scripts/benchmark.py --mode=decode --clients=N): the real app
 (research/serve) on uvicorn in this process, N client threads each sending streamed greedy
 completions of random prompt ids (no EOS stop), over the standard library's http.client (no
-client package needed). A first round compiles and warms up; the second is measured: completion
+client package needed). A first round (the same load) compiles and warms up; the second is measured: completion
 tokens/s over the wall time, requests/s, latency and time-to-first-token percentiles."""
 from __future__ import annotations
 
@@ -91,7 +91,9 @@ def served(model, cfg, tokenizer, clients: int, prompt_len: int, new_tokens: int
   try:
     while not server.started:
       time.sleep(0.05)
-    _round(port, clients, 1, prompt_len, new_tokens, cfg.model.vocab_size)      # compiles every shape
+    # The warm-up round is the measured load itself: requests then arrive staggered as they will, so
+    # every prefill rows bucket and attention span the measured round meets is compiled by then.
+    _round(port, clients, per_client, prompt_len, new_tokens, cfg.model.vocab_size)
     out = _round(port, clients, per_client, prompt_len, new_tokens, cfg.model.vocab_size)
   finally:
     server.should_exit = True
