@@ -49,15 +49,24 @@ def pretrained(tmp_path_factory):
   workers, under a file lock, by the first that needs it; tests copy it or read it, never change it."""
   from filelock import FileLock
   from research.train.trainer import train
+  from research.checkpoint.loading import read_config
   workdir = _shared_across_workers(tmp_path_factory) / "pretrained"
-  cfg = tiny_config(str(workdir / "corpus"), str(workdir / "cache"))
-  cfg.data.tokenizer, cfg.data.vocab_size = "sentencepiece", 320
-  cfg.train.num_steps, cfg.train.eval_every, cfg.train.sample_at_end = 24, 0, 0
-  cfg.checkpoint.every_steps, cfg.checkpoint.async_save = 24, False
+
+  def config():
+    cfg = tiny_config(str(workdir / "corpus"), str(workdir / "cache"))
+    cfg.data.tokenizer, cfg.data.vocab_size = "sentencepiece", 320
+    cfg.train.num_steps, cfg.train.eval_every, cfg.train.sample_at_end = 24, 0, 0
+    cfg.checkpoint.every_steps, cfg.checkpoint.async_save = 24, False
+    return cfg
+
   with FileLock(str(workdir) + ".lock"):
     if not (workdir / "done").exists():
       shutil.rmtree(workdir, ignore_errors=True)  # a worker that failed half-way left it
       write_corpus(str(workdir / "corpus"))      # the same text as corpus_dir
-      train(cfg, str(workdir / "run"), log=lambda *a: None)
+      train(config(), str(workdir / "run"), log=lambda *a: None)
       (workdir / "done").touch()
+  # The same config in every worker, whichever trained (train() completes the config it is given):
+  # the experiment's, with the vocabulary the run resolved.
+  cfg = config()
+  cfg.model.vocab_size = read_config(str(workdir / "run")).model.vocab_size
   return cfg, str(workdir / "run")
