@@ -104,10 +104,8 @@ def _start(decoder: SlotDecoder, prompts, nb: int) -> None:
   long = [i for i, p in enumerate(prompts) if len(p) > 1]
   short = [i * nb for i, p in enumerate(prompts) if len(p) == 1]
   if long:
-    z = lambda v, d: np.full(len(long), v, d)
-    decoder.prefill([i * nb for i in long], [list(prompts[i][:-1]) for i in long],
-                    RowSampling(z(0, np.float32), z(0, np.int32), z(1, np.float32), z(1, np.float32),
-                                z(0, np.uint32), z(0, np.int32)), False)
+    decoder.prefill([i * nb for i in long], [list(prompts[i][:-1]) for i in long], RowSampling.greedy(len(long)),
+                    False)
   if short:
     decoder.forget(short)
   rows = np.arange(decoder.num_slots, dtype=np.int32)

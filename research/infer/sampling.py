@@ -32,6 +32,14 @@ class RowSampling(NamedTuple):
   seed: jax.Array          # uint32
   counter: jax.Array       # int32: the index of the token being chosen (0 for the first)
 
+  @staticmethod
+  def greedy(n: int) -> "RowSampling":
+    """n rows of greedy settings (a prefill whose choice is not used, benchmarks)."""
+    import numpy as np
+    z = lambda v, d: np.full(n, v, d)
+    return RowSampling(z(0, np.float32), z(0, np.int32), z(1, np.float32), z(1, np.float32), z(0, np.uint32),
+                       z(0, np.int32))
+
 
 class Choice(NamedTuple):
   tokens: jax.Array        # [S] int32

@@ -25,12 +25,6 @@ from research.infer.engine import Engine, SamplingParams
 from research.infer.sampling import RowSampling
 
 
-def _rows(n: int) -> RowSampling:
-  z = lambda v, d: np.full(n, v, d)
-  return RowSampling(z(0, np.float32), z(0, np.int32), z(1, np.float32), z(1, np.float32), z(0, np.uint32),
-                     z(0, np.int32))
-
-
 def model_for(cfg, checkpoint: str | None, need_tokenizer: bool):
   """(model, config, tokenizer or None): a checkpoint's, or random weights of the config's shape (its
   tokenizer, from its data, only when asked for or when the vocabulary comes from it: an explicit
@@ -66,12 +60,12 @@ def offline(model, cfg, batch_sizes, prompt_len: int, new_tokens: int, repeats: 
     prompts = [list(rng.integers(0, cfg.model.vocab_size, prompt_len)) for _ in range(b)]
 
     def prefill():
-      jax.block_until_ready(dec.prefill(list(range(b)), prompts, _rows(b), False).tokens)
+      jax.block_until_ready(dec.prefill(list(range(b)), prompts, RowSampling.greedy(b), False).tokens)
 
     def decode():
       tokens, positions = np.zeros(b, np.int32), np.full(b, prompt_len, np.int32)
       for _ in range(new_tokens):
-        choice = dec.step(tokens, positions, _rows(b), False)
+        choice = dec.step(tokens, positions, RowSampling.greedy(b), False)
         tokens = np.asarray(choice.tokens)    # the host sees every token, as serving does
         positions += 1
 
