@@ -1,2 +1,13 @@
-"""Sweeps and scaling laws. scaling.py: fits of L(N, D) to finished runs (Chinchilla's approaches 2
-and 3) with bootstrap intervals. (Optuna studies, trial tables and plots come next.)"""
+"""Sweeps and scaling laws on the one trainer: every trial is an ordinary training run in its own
+workdir; Optuna's study (journal file or database) coordinates workers.
+
+space.py (what a sweep declares: Sweep, loguniform/uniform/integer/choice, fixed designs, trial
+ids), study.py (storage, the study, handing out trials, leases and takeover), worker.py (slots of
+parallel trials on one machine), trial_run.py (one trial's child process, pruning from its
+metrics), devices.py (splitting local accelerators), gang.py (a multi-host trial: host 0 chooses,
+the others follow), shapes.py (--dry_run over every trial shape), scaling.py (fits of L(N, D):
+Chinchilla's approaches 2 and 3 with bootstrap intervals), and the reports (table, plots).
+"""
+from research.sweeps.space import Param, Sweep, choice, integer, loguniform, uniform
+
+__all__ = ["Param", "Sweep", "choice", "integer", "loguniform", "uniform"]

@@ -120,8 +120,14 @@ def _process_start(pid: int) -> str | None:
     return None
 
 
-def _alive(owner: dict) -> bool | None:
-  """Whether the lock's owner still runs: True/False on this host, None (unknown) on another."""
+def this_process() -> dict:
+  """{host, pid, start}: who a lock (or a sweep's running trial) belongs to."""
+  return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid())}
+
+
+def owner_alive(owner: dict) -> bool | None:
+  """Whether the process `owner` ({host, pid, start}) still runs: True/False on this host, None
+  (unknown) on another."""
   if owner.get("host") != socket.gethostname():
     return None
   pid = int(owner.get("pid", -1))
@@ -149,8 +155,7 @@ class WorkdirLock:
 
   def acquire(self) -> "WorkdirLock":
     self.path.parent.mkdir(parents=True, exist_ok=True)
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid()),
-          "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    me = {**this_process(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
     for _ in range(2):
       if self._create(json.dumps(me)):
         self.held = True
@@ -162,7 +167,7 @@ class WorkdirLock:
       if not owner and self._young():  # another run is writing it right now
         owner, alive = {"pid": "?", "host": "?", "since": "just now"}, True
       else:
-        alive = _alive(owner) if owner else False
+        alive = owner_alive(owner) if owner else False
       who = f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('since')}" if owner else "an unreadable lock"
       if alive and not self.break_lock:
         raise CheckpointError(f"workdir {self.path.parent} is in use by the run of {who} ({self.path}); "

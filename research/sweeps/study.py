@@ -1,0 +1,311 @@
+"""A sweep's study in Optuna's storage: which trials there are, who runs each, and taking over the
+trials of workers that died. Optuna does the bookkeeping and the atomic parts (a WAITING trial is
+popped by one worker only; a finished trial cannot be finished again); this file adds what Optuna
+leaves to its users: trial ids from (parameters, seed), duplicate suggestions, fixed designs that
+many workers share, and leases on running trials that every storage supports (Optuna's own
+heartbeat works with RDB storage only, not the journal file).
+
+Storage (`--storage`): a journal file (a path, or journal:PATH) on a filesystem every worker sees,
+or a database URL (postgresql://, mysql+pymysql://, ... through SQLAlchemy). Plain SQLite is
+refused for workers on several machines: its file locking fails under many writers (and on NFS).
+Without --storage, the study lives in DIR/study.journal.
+
+Per Optuna trial, user attributes: trial_id, seed, attempt, role (run | duplicate | lost | stray),
+error; system attributes: owner ({host, pid, start, worker}) and heartbeat (a counter its owner
+bumps every few seconds). A RUNNING trial is stale when its owner is a dead process on this host,
+or its heartbeat has not moved for `grace_s` seconds of this worker's clock (no clock comparison
+across machines); a stale trial is marked FAIL with role lost and enqueued again with the same
+parameters, so the next worker resumes it from its last checkpoint in the same workdir.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+
+from research.config import ConfigError
+from research.sweeps.space import Sweep, trial_id
+from research.train.workdir import owner_alive, this_process
+
+JOURNAL_PREFIX = "journal:"
+RDB_SCHEMES = ("postgresql", "mysql", "mariadb", "oracle", "mssql", "cockroachdb")
+
+
+def open_storage(url: str | None, workdir: str, many_machines: bool):
+  """The Optuna storage of `url` (None: DIR/study.journal)."""
+  import optuna
+  from optuna.storages import journal
+  if not url:
+    url = os.path.join(workdir, "study.journal")
+  scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+  if scheme == "sqlite":
+    if many_machines:
+      raise ConfigError(f"--storage={url}: SQLite cannot coordinate workers on several machines (its file "
+                        "locking fails under many writers and on network filesystems); use a journal file on "
+                        "a shared filesystem (--storage=journal:/shared/DIR/study.journal) or PostgreSQL/MySQL "
+                        "(--storage=postgresql://user:pass@host/db)")
+    return optuna.storages.RDBStorage(url)
+  if scheme in RDB_SCHEMES:
+    try:
+      return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except ImportError as e:
+      raise ConfigError(f"--storage={url}: the database driver is not installed ({e}); pip install "
+                        "psycopg2-binary (PostgreSQL) or pymysql (MySQL, with mysql+pymysql://)") from None
+  if scheme:
+    raise ConfigError(f"--storage={url}: unknown scheme {scheme!r}; give a journal file path (journal:PATH) or "
+                      f"a database URL ({', '.join(s + '://' for s in RDB_SCHEMES[:2])}, sqlite:// on one machine)")
+  path = url[len(JOURNAL_PREFIX):] if url.startswith(JOURNAL_PREFIX) else url
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  # The open() lock works on NFS, where the default symlink lock may not.
+  return journal.JournalStorage(journal.JournalFileBackend(path, lock_obj=journal.JournalFileOpenLock(path)))
+
+
+def open_study(sweep: Sweep, storage, worker_salt: int = 0):
+  """The sweep's study (created by the first worker, loaded by the rest). A study of the same name
+  created by a different declaration is refused rather than mixed."""
+  import optuna
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
+  if sweep.sampler == "tpe":   # workers sample differently; constant liar keeps them apart while trials run
+    sampler = optuna.samplers.TPESampler(seed=sweep.sampler_seed + worker_salt, constant_liar=True,
+                                         multivariate=True, group=any(p.when for p in sweep.space.values()))
+  else:                        # fixed designs are enqueued; the sampler never draws
+    sampler = optuna.samplers.RandomSampler(seed=sweep.sampler_seed + worker_salt)
+  study = optuna.create_study(study_name=sweep.name, storage=storage, sampler=sampler, pruner=make_pruner(sweep),
+                              direction=sweep.direction, load_if_exists=True)
+  record = sweep.as_dict()
+  declared = study.user_attrs.get("sweep")
+  if declared is None:
+    study.set_user_attr("sweep", record)
+  else:
+    changed = [k for k in ("space", "sampler", "metric", "direction", "seeds", "num_steps", "overrides", "base")
+               if declared.get(k) != record.get(k)]
+    if changed:
+      raise ConfigError(f"study {sweep.name!r} in this storage was created by a different sweep ({', '.join(changed)} "
+                        "changed); give the sweep another name or --workdir")
+  return study
+
+
+def make_pruner(sweep: Sweep):
+  import optuna
+  options = dict(sweep.pruner_options)
+  if sweep.pruner == "median":
+    return optuna.pruners.MedianPruner(**{"n_startup_trials": 2, "n_warmup_steps": 0, **options})
+  if sweep.pruner == "successive_halving":   # ASHA: asynchronous, so it suits many workers
+    return optuna.pruners.SuccessiveHalvingPruner(**options)
+  return optuna.pruners.NopPruner()
+
+
+@dataclasses.dataclass
+class Claim:
+  """A trial this worker runs: its Optuna trial, parameters, seed, id and attempt."""
+  trial: object                 # optuna.trial.Trial
+  params: dict
+  seed: int
+  trial_id: str
+  attempt: int
+  takeover: bool                # a previous attempt's worker died: its workdir lock may need breaking
+
+
+@dataclasses.dataclass
+class Census:
+  done: set                     # trial ids finished (complete, pruned, or failed with an error)
+  running: set                  # trial ids of RUNNING trials
+  waiting: int                  # enqueued trials not yet popped
+  known: set                    # every trial id in the study
+
+
+WAIT = "wait"                   # next_claim: nothing to start now, but trials run that may need taking over
+
+
+class Coordinator:
+  """Hands out trials to this worker's slots (threads) and keeps their leases."""
+
+  def __init__(self, sweep: Sweep, study, log=print, grace_s: float = 120.0, retry_failed: bool = False,
+               worker: str = ""):
+    self.sweep, self.study, self.log = sweep, study, log
+    self.storage = study._storage
+    self.grace_s, self.retry_failed = grace_s, retry_failed
+    self.owner = {**this_process(), "worker": worker or f"{this_process()['host']}:{os.getpid()}"}
+    self._lock = threading.Lock()
+    self._seen: dict[int, tuple] = {}            # trial number -> (heartbeat value, local time first seen)
+    self._mine: dict[int, Claim] = {}            # trial number -> claim, for the heartbeat
+    self._heartbeats = 0
+    self._enqueued = False
+    self._duplicates = 0
+    self._stop = threading.Event()
+    self._thread = None
+
+  # ------------------------------------------------------------------ handing out trials
+  def next_claim(self):
+    """A Claim, WAIT (nothing to start; other trials still run), or None (the study is done)."""
+    import optuna
+    with self._lock:
+      while True:
+        trials = self.study.get_trials(deepcopy=False)
+        if self._take_over_stale(trials):
+          trials = self.study.get_trials(deepcopy=False)
+        census = _census(trials)
+        fixed = self.sweep.sampler != "tpe"
+        if fixed and not self._enqueued:
+          self._enqueue_design(census, trials)
+          trials = self.study.get_trials(deepcopy=False)
+          census = _census(trials)
+        if fixed and not census.waiting:
+          return WAIT if census.running else None
+        if not fixed and not census.waiting and len(census.done | census.running) >= self.sweep.num_trials:
+          return WAIT if census.running else None
+        trial = self.study.ask()
+        attrs = trial.user_attrs
+        if fixed and "trial_id" not in attrs:   # not an enqueued trial: another worker popped the last one first
+          trial.set_user_attr("role", "stray")
+          self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+          continue
+        params = self.sweep.suggest(trial)
+        seed = int(attrs.get("seed", self.sweep.seeds[0]))
+        tid = trial_id(params, seed)
+        completed = _completed_ids(trials)
+        if tid in census.running or tid in completed or (tid in census.done and not attrs.get("retry")):
+          trial.set_user_attr("role", "duplicate")
+          trial.set_user_attr("trial_id", tid)
+          self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+          self._duplicates += 1
+          if not fixed and self._duplicates > 50:
+            self.log(f"sweep: the sampler suggested only points already run, 50 times in a row; the space of "
+                     f"{len(census.known)} distinct trials looks exhausted")
+            return WAIT if census.running else None
+          continue
+        self._duplicates = 0
+        attempt = int(attrs.get("attempt", 1))
+        for key, value in (("trial_id", tid), ("seed", seed), ("attempt", attempt), ("role", "run")):
+          trial.set_user_attr(key, value)
+        self.storage.set_trial_system_attr(trial._trial_id, "owner", self.owner)
+        self.storage.set_trial_system_attr(trial._trial_id, "heartbeat", self._heartbeats)
+        claim = Claim(trial, params, seed, tid, attempt, takeover="takeover_of" in attrs)
+        self._mine[trial.number] = claim
+        return claim
+
+  def _enqueue_design(self, census: Census, trials) -> None:
+    """The fixed design's trials that the study does not hold yet (a failed one again with
+    retry_failed). Two workers starting at once may both enqueue a point: the second copy is
+    popped as a duplicate and skipped."""
+    failed = {t.user_attrs.get("trial_id") for t in trials
+              if t.state.name == "FAIL" and t.user_attrs.get("role") == "run"} if self.retry_failed else set()
+    retried = 0
+    for params, seed in self.sweep.design():
+      tid = trial_id(params, seed)
+      again = tid in failed and tid not in _completed_ids(trials)
+      if tid in census.known and not again:
+        continue
+      if again:
+        retried += 1
+      self.study.enqueue_trial(params, user_attrs={"trial_id": tid, "seed": seed, "attempt": 1, "retry": again})
+    if retried:
+      self.log(f"sweep: {retried} failed trial(s) enqueued again (--retry_failed)")
+    self._enqueued = True
+
+  def _take_over_stale(self, trials) -> bool:
+    import optuna
+    took = False
+    now = time.monotonic()
+    for t in trials:
+      if t.state.name != "RUNNING" or t.number in self._mine:
+        continue
+      owner = t.system_attrs.get("owner") or {}
+      beat = t.system_attrs.get("heartbeat")
+      seen = self._seen.get(t.number)
+      if seen is None or seen[0] != beat:
+        self._seen[t.number] = seen = (beat, now)
+      alive = owner_alive(owner) if owner else None
+      silent = now - seen[1]
+      if alive is True or (alive is None and silent < self.grace_s):
+        continue
+      why = (f"its worker (pid {owner.get('pid')}) is gone" if alive is False
+             else f"no heartbeat from {owner.get('worker', 'its worker')} for {silent:.0f}s")
+      try:
+        self.storage.set_trial_user_attr(t._trial_id, "role", "lost")
+        self.storage.set_trial_user_attr(t._trial_id, "error", f"worker lost: {why}")
+        self.study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+      except (ValueError, RuntimeError):   # another worker took it over first
+        continue
+      if not t.user_attrs.get("trial_id"):   # a sampled trial that died before it began: nothing to resume
+        continue
+      params = t.system_attrs.get("fixed_params") or t.params
+      self.study.enqueue_trial(params, user_attrs={"trial_id": t.user_attrs["trial_id"],
+                                                     "seed": t.user_attrs.get("seed", self.sweep.seeds[0]),
+                                                     "attempt": int(t.user_attrs.get("attempt", 1)) + 1,
+                                                     "takeover_of": t.number, "retry": True})
+      self.log(f"sweep: trial {t.user_attrs['trial_id']} (#{t.number}) taken over: {why}; it resumes from its "
+               "last checkpoint")
+      took = True
+    return took
+
+  # ------------------------------------------------------------------ finishing
+  def finish(self, claim: Claim, state: str, value: float | None = None, error: str | None = None) -> None:
+    """state: complete | pruned | failed | interrupted (this worker stops: enqueued again to resume)."""
+    import optuna
+    states = optuna.trial.TrialState
+    with self._lock:
+      self._mine.pop(claim.trial.number, None)
+      if error:
+        claim.trial.set_user_attr("error", error)
+      if state == "complete":
+        self.study.tell(claim.trial, value)
+      elif state == "pruned":
+        self.study.tell(claim.trial, state=states.PRUNED)
+      elif state == "failed":
+        self.study.tell(claim.trial, state=states.FAIL)
+      else:
+        claim.trial.set_user_attr("role", "lost")
+        self.study.tell(claim.trial, state=states.FAIL)
+        self.study.enqueue_trial(claim.params, user_attrs={"trial_id": claim.trial_id, "seed": claim.seed,
+                                                           "attempt": claim.attempt + 1,
+                                                           "takeover_of": claim.trial.number, "retry": True})
+
+  # ------------------------------------------------------------------ leases
+  def start_heartbeat(self, every_s: float = 10.0) -> None:
+    def beat():
+      while not self._stop.wait(every_s):
+        with self._lock:
+          self._heartbeats += 1
+          for claim in list(self._mine.values()):
+            try:
+              self.storage.set_trial_system_attr(claim.trial._trial_id, "heartbeat", self._heartbeats)
+            except Exception as e:  # noqa: BLE001 - a storage hiccup: the next beat tries again
+              self.log(f"sweep: heartbeat of trial {claim.trial_id} failed ({type(e).__name__}: {e})")
+    self._thread = threading.Thread(target=beat, name="sweep-heartbeat", daemon=True)
+    self._thread.start()
+
+  def close(self) -> None:
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join(timeout=5)
+
+
+def _census(trials) -> Census:
+  done, running, known, waiting = set(), set(), set(), 0
+  for t in trials:
+    tid, role = t.user_attrs.get("trial_id"), t.user_attrs.get("role")
+    if tid:
+      known.add(tid)
+    if t.state.name == "WAITING":
+      waiting += 1
+    elif t.state.name == "RUNNING" and role == "run":
+      running.add(tid)
+    elif role == "run" and t.state.name in ("COMPLETE", "PRUNED", "FAIL"):
+      done.add(tid)
+  return Census(done, running, waiting, known)
+
+
+def _completed_ids(trials) -> set:
+  return {t.user_attrs.get("trial_id") for t in trials if t.state.name in ("COMPLETE", "PRUNED")}
+
+
+def trial_records(study) -> dict:
+  """trial id -> the latest Optuna trial that ran it (for tables: state, value, error, attempts)."""
+  out = {}
+  for t in study.get_trials(deepcopy=False):
+    tid = t.user_attrs.get("trial_id")
+    if tid and t.user_attrs.get("role") in ("run", "lost") and (tid not in out or t.number > out[tid].number):
+      out[tid] = t
+  return out

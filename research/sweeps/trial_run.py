@@ -1,0 +1,238 @@
+"""One trial = one ordinary training run (scripts/train.py) in its own workdir, DIR/trials/<id>,
+run as a child process; the worker watches its metrics.jsonl, reports each evaluation of the
+sweep's metric to Optuna's pruner and stops the run (SIGTERM: it saves a checkpoint and exits 0)
+when the pruner says so. The trainer knows nothing about sweeps.
+
+Outcomes: complete (summary.json written, all steps run), pruned, failed (non-zero exit: the error
+is the run's last `error:` line), interrupted (the sweep itself was stopped: the trial is enqueued
+again and resumes from its checkpoint). DIR/trials/<id>/trial.json holds the trial's record
+(parameters, status, metric values, steps, tokens, time, device-hours, cost) and train.log the run's
+output.
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAIN_SCRIPT = os.path.join(ROOT, "scripts", "train.py")
+POLL_S = 1.0
+
+
+@dataclasses.dataclass
+class Outcome:
+  state: str                            # complete | pruned | failed | interrupted
+  value: float | None = None            # the metric's final value (complete), or its last report
+  error: str | None = None
+
+
+def metric_value(record: dict, metric: str):
+  """A (dotted) key of a dict: 'final_eval.eval_loss', 'compute.device_hours'."""
+  node = record
+  for part in metric.split("."):
+    if not isinstance(node, dict) or part not in node:
+      return None
+    node = node[part]
+  return node if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+
+
+def final_metric(summary: dict, metric: str):
+  """The metric of a finished run: an eval_<name> from the final evaluation, else a summary key."""
+  value = metric_value(summary.get("final_eval") or {}, metric)
+  return value if value is not None else metric_value(summary, metric)
+
+
+class MetricsTail:
+  """New lines of a run's metrics.jsonl as the run writes them (a resumed run truncates the file
+  to its checkpoint's step first: read again from the start)."""
+
+  def __init__(self, path: str):
+    self.path, self.offset, self.partial = path, 0, ""
+
+  def read(self) -> list[dict]:
+    try:
+      size = os.path.getsize(self.path)
+    except OSError:
+      return []
+    if size < self.offset:
+      self.offset, self.partial = 0, ""
+    with open(self.path) as f:
+      f.seek(self.offset)
+      text = self.partial + f.read()
+      self.offset = f.tell()
+    lines = text.split("\n")
+    self.partial = lines.pop()
+    out = []
+    for line in lines:
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+    return out
+
+
+def curve(metrics_path: str, key: str) -> dict[int, float]:
+  """step -> value of `key` over a run's metrics.jsonl (the last record of a step wins)."""
+  out = {}
+  for record in MetricsTail(metrics_path).read():
+    value = record.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+      out[int(record["step"])] = float(value)
+  return out
+
+
+def _die_with_parent():
+  """Child setup: the run gets SIGTERM (saves a checkpoint) if the worker thread that started it dies,
+  even by SIGKILL, so a taken-over trial never has two writers."""
+  try:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+  except (OSError, AttributeError):
+    pass
+
+
+class TrialRun:
+  """Runs one claimed trial to an Outcome."""
+
+  def __init__(self, claim, sweep, command: list[str], trial_dir: str, env: dict, report_to_pruner: bool,
+               stop_event, log=print, cpus=None, record: dict | None = None):
+    self.claim, self.sweep, self.command, self.dir = claim, sweep, command, trial_dir
+    self.env, self.pruning, self.stop_event, self.log, self.cpus = env, report_to_pruner, stop_event, log, cpus
+    self.record = record or {}
+    self.reported: dict[int, float] = {}
+
+  def run(self) -> Outcome:
+    os.makedirs(self.dir, exist_ok=True)
+    self._write_record("running", None, None)
+    started = time.time()
+    with open(os.path.join(self.dir, "train.log"), "a") as out:
+      out.write(f"\n# attempt {self.claim.attempt}: {' '.join(self.command)}\n")
+      out.flush()
+      cpus = self.cpus
+
+      def setup():
+        _die_with_parent()
+        if cpus:
+          os.sched_setaffinity(0, cpus)
+      proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, env=self.env, preexec_fn=setup,
+                              cwd=ROOT)
+      pruned = self._watch(proc)
+    wall = time.time() - started
+    outcome = self._outcome(proc.returncode, pruned)
+    self._write_record(outcome.state, outcome.error, wall)
+    return outcome
+
+  def _watch(self, proc) -> bool:
+    """Reports evaluations to the pruner while the run goes; True when it pruned the run."""
+    tail = MetricsTail(os.path.join(self.dir, "metrics.jsonl"))
+    pruned = stopped = False
+    while True:
+      done = proc.poll() is not None
+      for record in tail.read():
+        value = record.get(self.sweep.metric)
+        if self.pruning and isinstance(value, (int, float)) and math.isfinite(value) and not pruned:
+          step = int(record["step"])
+          if step not in self.reported:
+            self.reported[step] = float(value)
+            self.claim.trial.report(float(value), step)
+            if self.claim.trial.should_prune():
+              self.log(f"sweep: trial {self.claim.trial_id} pruned at step {step} ({self.sweep.metric} {value:.4f})")
+              pruned = True
+              proc.send_signal(signal.SIGTERM)
+      if done:
+        return pruned
+      if self.stop_event.is_set() and not stopped and not pruned:
+        proc.send_signal(signal.SIGTERM)   # the sweep is stopping: the run saves a checkpoint to resume from
+        stopped = True
+      time.sleep(POLL_S)
+
+  def _outcome(self, returncode: int, pruned: bool) -> Outcome:
+    last = self.reported[max(self.reported)] if self.reported else None
+    if pruned:
+      return Outcome("pruned", last)
+    if returncode != 0:
+      return Outcome("failed", None, self._error_line(returncode))
+    summary = self._summary()
+    if summary is None or summary.get("preempted"):
+      return Outcome("interrupted", last)
+    value = final_metric(summary, self.sweep.metric)
+    if value is None or not math.isfinite(value):
+      return Outcome("failed", None, f"the run finished but logged no finite {self.sweep.metric!r} (summary.json "
+                     f"keys: {', '.join(sorted(summary))}; eval keys: {', '.join(sorted(summary.get('final_eval') or {}))})")
+    return Outcome("complete", float(value))
+
+  def _summary(self) -> dict | None:
+    try:
+      with open(os.path.join(self.dir, "summary.json")) as f:
+        return json.load(f)
+    except (OSError, json.JSONDecodeError):
+      return None
+
+  def _error_line(self, returncode: int) -> str:
+    try:
+      with open(os.path.join(self.dir, "train.log")) as f:
+        lines = [line.strip() for line in f.read().splitlines()[-200:] if line.strip()]
+    except OSError:
+      lines = []
+    errors = [line for line in lines if line.startswith("error:")]
+    text = errors[-1] if errors else (lines[-1] if lines else "no output")
+    return f"exit {returncode}: {text}"
+
+  def _write_record(self, status: str, error: str | None, wall: float | None) -> None:
+    path = os.path.join(self.dir, "trial.json")
+    previous = _read_json(path) or {}
+    wall_total = float(previous.get("wall_seconds", 0.0)) + (wall or 0.0)
+    summary = self._summary() if status != "running" else None
+    values = curve(os.path.join(self.dir, "metrics.jsonl"), self.sweep.metric)
+    pick = min if self.sweep.direction == "minimize" else max
+    best_step = pick(values, key=values.get) if values else None
+    final = final_metric(summary, self.sweep.metric) if summary else None
+    steps_tokens = _last_steps_tokens(os.path.join(self.dir, "metrics.jsonl"))
+    devices = int(_devices_of(summary) or self.record.get("devices") or previous.get("devices") or 1)
+    cost_rate = (summary or {}).get("compute", {}).get("cost_per_device_hour") or self.record.get("cost_per_device_hour")
+    device_hours = devices * wall_total / 3600
+    record = {"trial_id": self.claim.trial_id, "number": self.claim.trial.number,
+              "params": self.claim.params, "seed": self.claim.seed, "status": status, "error": error,
+              "metric": self.sweep.metric, "direction": self.sweep.direction,
+              "final": final if final is not None else (values[max(values)] if values and status != "running" else None),
+              "best": values[best_step] if best_step is not None else final, "best_step": best_step,
+              "steps": (summary or {}).get("steps", steps_tokens[0]),
+              "tokens": (summary or {}).get("tokens_seen", steps_tokens[1]),
+              "wall_seconds": wall_total, "attempts": self.claim.attempt, "devices": devices,
+              "device_hours": device_hours, "cost": device_hours * cost_rate if cost_rate else None,
+              "parameters": (summary or {}).get("parameters", previous.get("parameters"))}
+    for key, value in self.record.items():   # the worker's: overrides, command, cost rate, sweep name
+      record.setdefault(key, value)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(record, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _read_json(path: str):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return None
+
+
+def _last_steps_tokens(metrics_path: str) -> tuple[int, int]:
+  steps, tokens = 0, 0
+  for record in MetricsTail(metrics_path).read():
+    steps = max(steps, int(record.get("step", 0)))
+    tokens = max(tokens, int(record.get("tokens_seen", 0) or 0))
+  return steps, tokens
+
+
+def _devices_of(summary: dict | None) -> int | None:
+  """The run's device count, from its compute summary (device-hours over its wall time)."""
+  if not summary or not summary.get("total_seconds"):
+    return None
+  hours = (summary.get("compute") or {}).get("device_hours")
+  return max(1, round(hours * 3600 / summary["total_seconds"])) if hours else None
