@@ -12,6 +12,7 @@ import os
 
 import tensorflow_datasets as tfds
 
+from research.data.cache_lock import cache_lock
 from research.data.corpus import CorpusSpec, DataError, SkipCounter, iter_split
 
 SPLITS = ("train", "validation")
@@ -51,25 +52,38 @@ class LocalTextCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 
 def build_local_corpus(spec: CorpusSpec, data_dir: str, log=print) -> LocalTextCorpus:
-  """Builds the corpus into `data_dir` unless it is already there; returns the builder."""
+  """Builds the corpus into `data_dir` unless it is already there; returns the builder. Runs that
+  start at once on one cache (a sweep's parallel trials) build it once: the others wait for it."""
   builder = LocalTextCorpus(spec, data_dir)
-  if not builder.is_prepared():
-    log(f"data: building {spec.path} ({len(spec.files)} file(s)) into {builder.data_dir}")
-    tfds.disable_progress_bar()
-    try:
-      builder.download_and_prepare(file_format="array_record")
-    except AssertionError as e:  # TFDS refuses a split without examples
-      for split in SPLITS:
-        if f'split "{split}"' in str(e) and "No examples" in str(e):
-          raise_empty(spec, split)
-      raise
-    counts = {s: builder._skipped[s].count for s in SPLITS}
-    with open(os.path.join(builder.data_dir, "skipped_records.json"), "w") as f:
-      json.dump(counts, f)
-    for s in SPLITS:
-      if builder._skipped[s].count:
-        log(f"data: skipped {builder._skipped[s].count} bad record(s) in {s} "
-            f"(data.skip_bad_records); first: {builder._skipped[s].first}")
+  if builder.is_prepared():
+    return _checked(spec, builder)
+  with cache_lock(os.path.dirname(builder.data_dir)):
+    builder = LocalTextCorpus(spec, data_dir)   # built while this one waited: read it
+    if not builder.is_prepared():
+      _build(spec, builder, log)
+  return _checked(spec, builder)
+
+
+def _build(spec: CorpusSpec, builder: LocalTextCorpus, log) -> None:
+  log(f"data: building {spec.path} ({len(spec.files)} file(s)) into {builder.data_dir}")
+  tfds.disable_progress_bar()
+  try:
+    builder.download_and_prepare(file_format="array_record")
+  except AssertionError as e:  # TFDS refuses a split without examples
+    for split in SPLITS:
+      if f'split "{split}"' in str(e) and "No examples" in str(e):
+        raise_empty(spec, split)
+    raise
+  counts = {s: builder._skipped[s].count for s in SPLITS}
+  with open(os.path.join(builder.data_dir, "skipped_records.json"), "w") as f:
+    json.dump(counts, f)
+  for s in SPLITS:
+    if builder._skipped[s].count:
+      log(f"data: skipped {builder._skipped[s].count} bad record(s) in {s} "
+          f"(data.skip_bad_records); first: {builder._skipped[s].first}")
+
+
+def _checked(spec: CorpusSpec, builder: LocalTextCorpus) -> LocalTextCorpus:
   for split in SPLITS:
     if builder.info.splits[split].num_examples == 0:
       raise_empty(spec, split)

@@ -18,6 +18,7 @@ import json
 import os
 from typing import Iterable, Protocol, Sequence
 
+from research.data.cache_lock import cache_lock
 from research.data.corpus import DataError
 
 # SentencePiece's trained model depends on its thread count (each count gives other bytes, the same
@@ -101,7 +102,14 @@ class SentencePieceTokenizer:
     if os.path.isfile(model_file):
       log(f"tokenizer: reusing {model_file}")
       return cls(model_file)
-    os.makedirs(directory, exist_ok=True)
+    with cache_lock(directory):   # another run training the same tokenizer: wait for it, then reuse it
+      if not os.path.isfile(model_file):
+        cls._train(spm, texts, directory, model_file, settings, vocab_size, model_type, log)
+    return cls(model_file)
+
+  @staticmethod
+  def _train(spm, texts, directory: str, model_file: str, settings: dict, vocab_size: int, model_type: str,
+             log) -> None:
     log(f"tokenizer: training SentencePiece ({model_type}, vocab {vocab_size}) -> {model_file}")
     sentences = (line for text in texts for line in text.splitlines() if line.strip())
     tmp = model_file + f".tmp{os.getpid()}"
@@ -120,7 +128,6 @@ class SentencePieceTokenizer:
     os.replace(tmp, model_file)  # atomic: a killed run never leaves a half-written model behind
     with open(os.path.join(directory, "settings.json"), "w") as f:
       json.dump(settings, f, indent=1)
-    return cls(model_file)
 
 
 def _train_spm(spm, out, sentence_iterator, vocab_key, **kwargs) -> None:

@@ -293,7 +293,10 @@ def load_sweep(path: str) -> Sweep:
     raise ConfigError(f"--sweep={path}: no such file")
   spec = importlib.util.spec_from_file_location(f"sweep_{abs(hash(os.path.abspath(path)))}", path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ConfigError(f"--sweep={path}: line {e.lineno}: {e.msg}") from None
   if not hasattr(module, "get_sweep"):
     raise ConfigError(f"--sweep={path}: {path} defines no get_sweep()")
   sweep = module.get_sweep()

@@ -108,6 +108,8 @@ class TrialRun:
 
   def run(self) -> Outcome:
     os.makedirs(self.dir, exist_ok=True)
+    if self.claim.takeover:
+      self._wait_for_previous_run()
     self._write_record("running", None, None)
     started = time.time()
     with open(os.path.join(self.dir, "train.log"), "a") as out:
@@ -126,6 +128,19 @@ class TrialRun:
     outcome = self._outcome(proc.returncode, pruned)
     self._write_record(outcome.state, outcome.error, wall)
     return outcome
+
+  def _wait_for_previous_run(self, timeout_s: float = 300.0) -> None:
+    """A taken-over trial's previous run (on this host) may still be saving its checkpoint after its
+    worker died: wait until its workdir lock's process is gone."""
+    from research.train.workdir import LOCK_NAME, owner_alive
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+      owner = _read_json(os.path.join(self.dir, LOCK_NAME))
+      if not owner or owner_alive(owner) is not True:
+        return
+      time.sleep(POLL_S)
+    self.log(f"sweep: trial {self.claim.trial_id}: its previous run (pid {owner.get('pid')}) still holds the workdir "
+             f"after {timeout_s:.0f}s")
 
   def _watch(self, proc) -> bool:
     """Reports evaluations to the pruner while the run goes; True when it pruned the run."""
