@@ -131,7 +131,7 @@ def test_a_stopped_sweep_continues_when_rerun(tmp_path, base):
   first.send_signal(signal.SIGTERM)
   out = _finish(first)
   assert "stopped; rerun the same command to continue" in out
-  assert _records(workdir)[tid]["status"] == "running"
+  assert _records(workdir)[tid]["status"] == "interrupted"
   out = _finish(_start(sweep, workdir))
   records = _records(workdir)
   assert len(records) == 2 and all(r["status"] == "complete" and r["steps"] == 300 for r in records.values())
@@ -143,15 +143,15 @@ def test_a_stopped_sweep_continues_when_rerun(tmp_path, base):
 def test_pruning_stops_a_hopeless_trial_and_a_failed_trial_is_recorded(tmp_path, base):
   sweep = _sweep_file(tmp_path, base, "space={'model.num_heads': choice(4, 3), "
                       "'optimizer.learning_rate': loguniform(1e-6, 1e-2, grid=(1e-2, 1e-6))}, sampler='grid', "
-                      "num_steps=60, pruner='median', pruner_options={'n_startup_trials': 1}, "
-                      "overrides={'train.eval_every': 10, 'optimizer.warmup_steps': 0}")
+                      "num_steps=400, pruner='median', pruner_options={'n_startup_trials': 1}, "
+                      "overrides={'train.eval_every': 10, 'optimizer.warmup_steps': 0, 'optimizer.final_learning_rate': 1e-7}")
   workdir = str(tmp_path / "w")
   out = _finish(_start(sweep, workdir))
   by_params = {(r["params"]["model.num_heads"], r["params"]["optimizer.learning_rate"]): r
                for r in _records(workdir).values()}
   good, hopeless = by_params[(4, 1e-2)], by_params[(4, 1e-6)]
-  assert good["status"] == "complete" and good["steps"] == 60
-  assert hopeless["status"] == "pruned" and hopeless["steps"] < 60 and "pruned at step 10" in out
+  assert good["status"] == "complete" and good["steps"] == 400
+  assert hopeless["status"] == "pruned" and hopeless["steps"] < 300 and "pruned at step 10" in out
   for lr in (1e-2, 1e-6):                        # 32 dims do not split into 3 heads: the run refuses to start
     failed = by_params[(3, lr)]
     assert failed["status"] == "failed" and "num_heads" in failed["error"] and failed["error"].startswith("exit 1")

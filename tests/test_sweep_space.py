@@ -1,6 +1,7 @@
 """Sweep declarations without running trials: grid and random designs (conditional keys, seeds),
 trial ids, the study's handing-out of trials (duplicates, stale trials taken over) on a journal file,
 storage refusals, one-line errors for bad declarations, and the trial shapes --dry_run plans."""
+import os
 import subprocess
 import sys
 
@@ -178,3 +179,25 @@ def test_dry_run_shapes_cover_every_shape_once(tmp_path):
                                 "train.batch_size": choice(8, 16)}, sampler="grid").validate("t")
   assert sorted(s["train.batch_size"] for s in trial_shapes(grid, base)) == [8, 16]
 
+
+
+def test_sweep_dry_run_refuses_a_space_with_a_shape_that_does_not_fit(tmp_path):
+  base = tmp_path / "base.py"
+  base.write_text("from research.config import base_config\nfrom research.models import apply_preset\n"
+                  "def get_config():\n  c = base_config()\n  apply_preset(c.model, 'llama-1b')\n"
+                  "  c.model.scan_layers, c.model.remat, c.model.dtype = True, 'full', 'bfloat16'\n"
+                  "  c.train.batch_size, c.train.seq_len = 8, 2048\n  c.mesh.shape = (1, 1, 1)\n  return c\n")
+  sweep = tmp_path / "big.py"
+  sweep.write_text("from research.sweeps import Sweep, choice, loguniform\n"
+                   f"def get_sweep():\n  return Sweep(base={str(base)!r}, space={{'optimizer.learning_rate': "
+                   "loguniform(1e-4, 1e-3), 'model.num_layers': choice(8, 88)}, sampler='tpe', num_trials=20)\n")
+  done = subprocess.run([sys.executable, "scripts/sweep.py", f"--sweep={sweep}", "--dry_run", "--target=a100-40",
+                         "--target_devices=1", f"--workdir={tmp_path / 'w'}"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+  assert done.returncode == 3, done.stdout + done.stderr
+  assert "2 distinct trial shape(s) on a100-40" in done.stdout
+  assert "fits           model.num_layers=8  [17.91 GiB of 37.25 GiB]" in done.stdout
+  assert "DOES NOT FIT   model.num_layers=88" in done.stdout
+  assert done.stderr.strip().splitlines()[-1] == ("error: 1 of 2 trial shapes do not fit; narrow the space or change "
+                                                  "the layout (see the lines above)")
+  assert not (tmp_path / "w" / "trials").exists()     # nothing ran

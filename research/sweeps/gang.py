@@ -110,7 +110,10 @@ def follow(sweep, workdir: str, options, gang: Gang, log=print) -> int:
       time.sleep(POLL_S)
   log(f"sweep: gang {gang.name}: host {gang.process_id} of {gang.num_processes} follows host 0")
   epoch, last_seq, child = None, -1, None
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  from research.sweeps import devices as devices_lib
+  kind, count = devices_lib.detect(options.accelerator)
+  slot = devices_lib.slots(kind, count, 1, options.devices_per_trial)[0]   # as host 0's worker splits its own
+  env = dict(os.environ, **slot.env, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   while True:
     entry = study.system_attrs.get(gang.key)
     if entry is not None and entry["epoch"] != epoch:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -19,6 +20,7 @@ from research.sweeps.trial_run import ROOT, TRAIN_SCRIPT
 
 SHAPE_KEYS = ("model.", "mesh.", "lora.", "train.batch_size", "train.seq_len", "train.microbatches",
               "train.loss_chunks", "data.vocab_size")
+_TOTAL = re.compile(r"total ([\d.]+ \w?i?B) of ([\d.]+ \w?i?B)")   # the plan's memory line
 WIDE = 16          # an integer range with more values than this is planned at its ends and middle
 
 
@@ -99,9 +101,9 @@ def format_plans(plans: list[ShapePlan]) -> str:
     if p.code not in (0,):
       errors = [line for line in p.report.splitlines() if line.startswith("error:")]
       detail = f": {errors[-1]}" if errors else ""
-    memory = [line.strip() for line in p.report.splitlines() if "total" in line.lower() and "memory" in line.lower()]
-    lines.append(f"  {verdict:<28} {_describe(p.shape) or '(the base config)'}"
-                 + (f"  [{memory[-1]}]" if memory and not detail else "") + detail)
+    memory = _TOTAL.findall(p.report)
+    lines.append(f"  {verdict:<14} {_describe(p.shape) or '(the base config)'}"
+                 + (f"  [{memory[-1][0]} of {memory[-1][1]}]" if memory and not detail else "") + detail)
   return "\n".join(lines)
 
 
