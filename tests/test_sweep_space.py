@@ -201,3 +201,24 @@ def test_sweep_dry_run_refuses_a_space_with_a_shape_that_does_not_fit(tmp_path):
   assert done.stderr.strip().splitlines()[-1] == ("error: 1 of 2 trial shapes do not fit; narrow the space or change "
                                                   "the layout (see the lines above)")
   assert not (tmp_path / "w" / "trials").exists()     # nothing ran
+
+
+def test_tpe_asks_until_num_trials_distinct_trials_and_stops_on_an_exhausted_space(tmp_path):
+  sweep = Sweep(base="x", space={"optimizer.learning_rate": loguniform(1e-4, 1e-2)}, sampler="tpe", num_trials=3,
+                name="tpe").validate("t")
+  c = _coordinator(tmp_path / "a", sweep)
+  ids = []
+  while (claim := c.next_claim()) not in (None, WAIT):
+    ids.append(claim.trial_id)
+    c.finish(claim, "complete", claim.params["optimizer.learning_rate"])
+  assert len(set(ids)) == 3
+  small = Sweep(base="x", space={"model.arch": choice("gpt2", "llama")}, sampler="tpe", num_trials=5,
+                name="small").validate("t")
+  logs = []
+  c = _coordinator(tmp_path / "b", small)
+  c.log = logs.append
+  ids = []
+  while (claim := c.next_claim()) not in (None, WAIT):
+    ids.append(claim.trial_id)
+    c.finish(claim, "complete", 1.0)
+  assert len(ids) == 2 and "looks exhausted" in logs[-1]
