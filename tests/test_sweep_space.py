@@ -222,3 +222,12 @@ def test_tpe_asks_until_num_trials_distinct_trials_and_stops_on_an_exhausted_spa
     ids.append(claim.trial_id)
     c.finish(claim, "complete", 1.0)
   assert len(ids) == 2 and "looks exhausted" in logs[-1]
+
+
+def test_a_study_is_reopened_by_the_same_sweep_and_refused_to_a_changed_one(tmp_path):
+  sweep = _sweep(sampler="grid", overrides={"mesh.shape": (1, 1, 1)})
+  storage = open_storage(None, str(tmp_path), many_machines=False)
+  open_study(sweep, storage)
+  open_study(_sweep(sampler="grid", overrides={"mesh.shape": (1, 1, 1)}), storage)   # tuples survive the round trip
+  with pytest.raises(ConfigError, match="created by a different sweep \\(space changed\\)"):
+    open_study(_sweep(sampler="grid", space={"seed": choice(1, 2)}, overrides={"mesh.shape": (1, 1, 1)}), storage)

@@ -20,6 +20,7 @@ parameters, so the next worker resumes it from its last checkpoint in the same w
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import threading
 import time
@@ -73,7 +74,7 @@ def open_study(sweep: Sweep, storage, worker_salt: int = 0):
     sampler = optuna.samplers.RandomSampler(seed=sweep.sampler_seed + worker_salt)
   study = optuna.create_study(study_name=sweep.name, storage=storage, sampler=sampler, pruner=make_pruner(sweep),
                               direction=sweep.direction, load_if_exists=True)
-  record = sweep.as_dict()
+  record = json.loads(json.dumps(sweep.as_dict(), default=str))   # as the storage gives it back (tuples: lists)
   declared = study.user_attrs.get("sweep")
   if declared is None:
     study.set_user_attr("sweep", record)
