@@ -2,7 +2,7 @@
 `scripts/sweep.py --worker`, host 0 takes the trials from the study (its worker is the only one
 Optuna sees), and the other hosts run each trial with it, as one multi-host training run.
 
-Host 0 broadcasts through the study's storage, which every host reaches already: one system
+Host 0 broadcasts through the study's storage, which every host reaches already: one user
 attribute per gang, `gang:<name>` = {epoch, seq, state: gather | trial | done, command}. At its
 start host 0 posts a new epoch and waits until every host has acknowledged it (`gang:<name>:ack:<k>`),
 so a host that restarted never runs a stale trial; then one entry per trial (the same train.py
@@ -52,11 +52,11 @@ class Gang:
   def attach(self, study, log=print) -> None:
     """Host 0: a new epoch; waits until every host has acknowledged it."""
     self.study, self.epoch = study, uuid.uuid4().hex[:12]
-    study.set_system_attr(self.key, {"epoch": self.epoch, "seq": 0, "state": "gather"})
+    study.set_user_attr(self.key, {"epoch": self.epoch, "seq": 0, "state": "gather"})
     log(f"sweep: gang {self.name}: waiting for {self.num_processes - 1} more host(s)")
     deadline = time.time() + self.join_timeout_s
     while True:
-      attrs = study.system_attrs
+      attrs = study.user_attrs
       missing = [k for k in range(1, self.num_processes) if attrs.get(f"{self.key}:ack:{k}") != self.epoch]
       if not missing:
         return
@@ -68,13 +68,13 @@ class Gang:
   def publish(self, trial_id: str, command: list[str], trial_dir: str) -> list[str]:
     """Host 0: announces the next trial; returns host 0's own command for it."""
     self.seq += 1
-    self.study.set_system_attr(self.key, {"epoch": self.epoch, "seq": self.seq, "state": "trial",
+    self.study.set_user_attr(self.key, {"epoch": self.epoch, "seq": self.seq, "state": "trial",
                                           "trial_id": trial_id, "command": command, "trial_dir": trial_dir})
     return command + self.process_flags(self.seq)
 
   def finish(self) -> None:
     if self.study is not None:
-      self.study.set_system_attr(self.key, {"epoch": self.epoch, "seq": self.seq, "state": "done"})
+      self.study.set_user_attr(self.key, {"epoch": self.epoch, "seq": self.seq, "state": "done"})
 
 
 def from_flags(num_processes, process_id, coordinator, name) -> Gang | None:
@@ -115,13 +115,13 @@ def follow(sweep, workdir: str, options, gang: Gang, log=print) -> int:
   slot = devices_lib.slots(kind, count, 1, options.devices_per_trial)[0]   # as host 0's worker splits its own
   env = dict(os.environ, **slot.env, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   while True:
-    entry = study.system_attrs.get(gang.key)
+    entry = study.user_attrs.get(gang.key)
     if entry is not None and entry["epoch"] != epoch:
       if child is not None and child.poll() is None:   # host 0 restarted: drop the old epoch's run
         child.send_signal(signal.SIGTERM)
         child.wait()
       epoch, last_seq, child = entry["epoch"], -1, None
-      study.set_system_attr(f"{gang.key}:ack:{gang.process_id}", epoch)
+      study.set_user_attr(f"{gang.key}:ack:{gang.process_id}", epoch)
     if entry is not None and (child is None or child.poll() is not None):
       if entry["state"] == "done":
         log(f"sweep: gang {gang.name}: host 0 is done")
