@@ -101,11 +101,8 @@ def run(sweep) -> int:
   if counts["stopped"]:
     print("sweep: stopped; rerun the same command to continue", flush=True)
   elif FLAGS.report:
-    try:  # TEMPORARY until the report lands
-      from research.sweeps.report import write_sweep_report
-      write_sweep_report(worker.workdir)
-    except ImportError:
-      pass
+    from research.sweeps.report import write_sweep_report
+    write_sweep_report(worker.workdir)
   return 0
 
 

@@ -6,30 +6,31 @@ intervals, and compares them with the published values.
   python scripts/sweep.py --sweep=experiments/sweeps/scaling_small.py --workdir=/tmp/scaling_small --parallel=2
 
 Data: the default corpus (Shakespeare's plays) read as bytes (256 symbols), so that the model's size
-is its transformer blocks rather than a 4096-piece embedding table. Models: 2 layers of width 32-128
-(37k-440k parameters). Budget C is training FLOPs as research/models/counting.py counts them (6 N_matmul
-per token plus attention); a run's steps = C / (FLOPs per token x 2,048 tokens per step). At these
-budgets (1e11-1e12 FLOPs, a millionth of the smallest Chinchilla run) the fit says how this code
-measures a law, not what the law is at scale: see README's scaling-law section for how far it lands.
+is its transformer blocks rather than a 4096-piece embedding table. Models: 2 layers of width 16-64,
+2 heads (12k-130k parameters, embeddings included). Budget C is training FLOPs as
+research/models/counting.py counts them (6 N_matmul per token plus attention); a run's steps =
+C / (FLOPs per token x 2,048 tokens per step). At these budgets (1e11-1e12 FLOPs, a millionth of the
+smallest Chinchilla run) the fit says how this code measures a law, not what the law is at scale:
+README's scaling-law section says how far it lands from the published values.
 """
 from research.models import apply_preset
 from research.models.counting import flops_per_token
 from research.sweeps import Sweep, choice
 
 BATCH, SEQ = 16, 128
-WIDTHS = (32, 48, 64, 96, 128)
+WIDTHS = (16, 24, 32, 48, 64)
 BUDGETS = (1e11, 3e11, 1e12)
 
 
 def _model(width: int) -> dict:
-  return {"model.num_layers": 2, "model.embed_dim": width, "model.num_heads": 4}
+  return {"model.num_layers": 2, "model.embed_dim": width, "model.num_heads": 2}
 
 
 def _steps(budget: float, width: int) -> int:
   from research.config import base_config
   m = base_config().model
   apply_preset(m, "gpt2-124m")          # the default run's architecture, as experiments/default.py
-  m.update(vocab_size=256, num_layers=2, embed_dim=width, num_heads=4, max_seq_len=SEQ)
+  m.update(vocab_size=256, num_layers=2, embed_dim=width, num_heads=2, max_seq_len=SEQ)
   return max(10, round(budget / (flops_per_token(m, SEQ) * BATCH * SEQ)))
 
 
