@@ -9,8 +9,8 @@ Data: the default corpus (Shakespeare's plays) read as bytes (256 symbols), so t
 is its transformer blocks rather than a 4096-piece embedding table. Models: 2 layers of width 16-64,
 2 heads (12k-130k parameters, embeddings included). Budget C is training FLOPs as
 research/models/counting.py counts them (6 N_matmul per token plus attention); a run's steps =
-C / (FLOPs per token x 2,048 tokens per step). At these budgets (1e11-1e12 FLOPs, a millionth of the
-smallest Chinchilla run) the fit says how this code measures a law, not what the law is at scale:
+C / (FLOPs per token x 2,048 tokens per step). At these budgets (1e11-1e12 FLOPs, 1e-8 to 1e-7 of
+Chinchilla's smallest IsoFLOP budget) the fit says how this code measures a law, not what the law is at scale:
 README's scaling-law section says how far it lands from the published values.
 """
 from research.models import apply_preset

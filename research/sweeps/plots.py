@@ -56,6 +56,7 @@ def metric_vs_param(sweep: dict, rows: list[dict], name: str, path: str) -> str:
       ax.scatter([xs[id(r)] for r in without], [float(np.median(known))] * len(without), alpha=0)  # in the x limits
       ax.scatter([xs[id(r)] for r in without], [0.97] * len(without), transform=ax.get_xaxis_transform(),
                  color=style["color"], marker="x", s=50, label=f"{status}, no value ({len(without)})")
+  _lines_per_other_param(ax, sweep, have, name, xs)
   if best is not None:
     ax.scatter([xs[id(best)]], [value_of(best)], marker="*", s=220, color="gold", edgecolors="black", zorder=3,
                label=f"best {format_number(value_of(best), 'final')}")
@@ -70,6 +71,25 @@ def metric_vs_param(sweep: dict, rows: list[dict], name: str, path: str) -> str:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   return figures.save(fig, path)
+
+
+def _lines_per_other_param(ax, sweep: dict, rows: list[dict], name: str, xs: dict) -> None:
+  """With two swept parameters, the completed trials that share the other one's value joined by a
+  line (the learning rate curve of each width, say)."""
+  others = [n for n in param_names(sweep, rows) if n != name]
+  if len(others) != 1:
+    return
+  other = others[0]
+  groups: dict = {}
+  for r in rows:
+    if r["status"] == "complete" and value_of(r) is not None and other in r["params"]:
+      groups.setdefault(format_number(r["params"][other]), []).append(r)
+  if not 1 < len(groups) <= LEGEND_TRIALS:
+    return
+  for label, group in groups.items():
+    group.sort(key=lambda r: xs[id(r)])
+    ax.plot([xs[id(r)] for r in group], [value_of(r) for r in group], alpha=0.6, linewidth=1.2,
+            label=f"{other.split('.')[-1]}={label}")
 
 
 def _label(row: dict, names: list[str]) -> str:
