@@ -6,7 +6,9 @@ ids), study.py (storage, the study, handing out trials, leases and takeover), wo
 parallel trials on one machine), trial_run.py (one trial's child process, pruning from its
 metrics), devices.py (splitting local accelerators), gang.py (a multi-host trial: host 0 chooses,
 the others follow), shapes.py (--dry_run over every trial shape), scaling.py (fits of L(N, D):
-Chinchilla's approaches 2 and 3 with bootstrap intervals), and the reports (table, plots).
+Chinchilla's approaches 2 and 3 with bootstrap intervals); the reports: report.py (a sweep's or a
+run's), table.py (trial rows, CSV), runs.py (a run's metrics and summary), plots.py + optuna_plots.py +
+figures.py (charts), scaling_report.py (fits of a sweep's trials), run_report.py (one run's charts).
 """
 from research.sweeps.space import Param, Sweep, choice, integer, loguniform, uniform
 

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure  # noqa: E402
 STATUS_STYLE = {"complete": {"color": "tab:blue", "marker": "o", "linestyle": "-"},
                 "pruned": {"color": "tab:orange", "marker": "v", "linestyle": "--"},
                 "running": {"color": "tab:gray", "marker": "s", "linestyle": ":"},
+                "interrupted": {"color": "tab:purple", "marker": "s", "linestyle": ":"},   # resumes on a rerun
                 "unknown": {"color": "tab:gray", "marker": "s", "linestyle": ":"},
                 "failed": {"color": "tab:red", "marker": "x", "linestyle": ":"}}
 

@@ -99,7 +99,7 @@ def follow(sweep, workdir: str, options, gang: Gang, log=print) -> int:
   """Hosts 1..N-1: run host 0's trials until it says done."""
   import optuna
   from research.sweeps.study import open_storage
-  from research.sweeps.trial_run import ROOT, _die_with_parent
+  from research.sweeps.trial_run import ROOT, die_with_parent
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   storage = open_storage(options.storage, os.path.abspath(workdir), many_machines=True)
   study = None
@@ -132,6 +132,6 @@ def follow(sweep, workdir: str, options, gang: Gang, log=print) -> int:
         out = open(os.path.join(entry["trial_dir"], f"train.host{gang.process_id}.log"), "a")
         log(f"sweep: gang {gang.name}: host {gang.process_id} runs trial {entry['trial_id']}")
         child = subprocess.Popen(entry["command"] + gang.process_flags(entry["seq"]), stdout=out,
-                                 stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent, cwd=ROOT)
+                                 stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent, cwd=ROOT)
         out.close()
     time.sleep(POLL_S)

@@ -9,9 +9,52 @@ import os
 
 import numpy as np
 
-from research.sweeps.trial_run import MetricsTail, final_metric
-
 NOT_CURVES = ("step", "time")
+
+
+def metric_value(record: dict, metric: str):
+  """A (dotted) key of a dict: 'final_eval.eval_loss', 'compute.device_hours'."""
+  node = record
+  for part in metric.split("."):
+    if not isinstance(node, dict) or part not in node:
+      return None
+    node = node[part]
+  return node if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+
+
+def final_metric(summary: dict, metric: str):
+  """The metric of a finished run: an eval_<name> from the final evaluation, else a summary key."""
+  value = metric_value(summary.get("final_eval") or {}, metric)
+  return value if value is not None else metric_value(summary, metric)
+
+
+class MetricsTail:
+  """New lines of a run's metrics.jsonl as the run writes them (a resumed run truncates the file
+  to its checkpoint's step first: read again from the start)."""
+
+  def __init__(self, path: str):
+    self.path, self.offset, self.partial = path, 0, ""
+
+  def read(self) -> list[dict]:
+    try:
+      size = os.path.getsize(self.path)
+    except OSError:
+      return []
+    if size < self.offset:
+      self.offset, self.partial = 0, ""
+    with open(self.path) as f:
+      f.seek(self.offset)
+      text = self.partial + f.read()
+      self.offset = f.tell()
+    lines = text.split("\n")
+    self.partial = lines.pop()
+    out = []
+    for line in lines:
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+    return out
 
 
 def read_json(path: str):

@@ -14,7 +14,7 @@ COLUMNS_BEFORE = ("trial_id", "number", "status")
 COLUMNS_AFTER = ("seed", "final", "best", "best_step", "steps", "tokens", "parameters", "wall_seconds",
                  "device_hours", "cost", "error")
 # Completed trials first, then pruned / still running, failed last; by the metric within each.
-STATUS_ORDER = {"complete": 0, "pruned": 1, "running": 1, "unknown": 1, "failed": 2}
+STATUS_ORDER = {"complete": 0, "pruned": 1, "running": 1, "interrupted": 1, "unknown": 1, "failed": 2}
 
 
 class ReportError(Exception):

@@ -20,6 +20,8 @@ import signal
 import subprocess
 import time
 
+from research.sweeps.runs import MetricsTail, final_metric, read_json, read_summary, run_curves
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_SCRIPT = os.path.join(ROOT, "scripts", "train.py")
 POLL_S = 1.0
@@ -32,62 +34,7 @@ class Outcome:
   error: str | None = None
 
 
-def metric_value(record: dict, metric: str):
-  """A (dotted) key of a dict: 'final_eval.eval_loss', 'compute.device_hours'."""
-  node = record
-  for part in metric.split("."):
-    if not isinstance(node, dict) or part not in node:
-      return None
-    node = node[part]
-  return node if isinstance(node, (int, float)) and not isinstance(node, bool) else None
-
-
-def final_metric(summary: dict, metric: str):
-  """The metric of a finished run: an eval_<name> from the final evaluation, else a summary key."""
-  value = metric_value(summary.get("final_eval") or {}, metric)
-  return value if value is not None else metric_value(summary, metric)
-
-
-class MetricsTail:
-  """New lines of a run's metrics.jsonl as the run writes them (a resumed run truncates the file
-  to its checkpoint's step first: read again from the start)."""
-
-  def __init__(self, path: str):
-    self.path, self.offset, self.partial = path, 0, ""
-
-  def read(self) -> list[dict]:
-    try:
-      size = os.path.getsize(self.path)
-    except OSError:
-      return []
-    if size < self.offset:
-      self.offset, self.partial = 0, ""
-    with open(self.path) as f:
-      f.seek(self.offset)
-      text = self.partial + f.read()
-      self.offset = f.tell()
-    lines = text.split("\n")
-    self.partial = lines.pop()
-    out = []
-    for line in lines:
-      try:
-        out.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue
-    return out
-
-
-def curve(metrics_path: str, key: str) -> dict[int, float]:
-  """step -> value of `key` over a run's metrics.jsonl (the last record of a step wins)."""
-  out = {}
-  for record in MetricsTail(metrics_path).read():
-    value = record.get(key)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-      out[int(record["step"])] = float(value)
-  return out
-
-
-def _die_with_parent():
+def die_with_parent():
   """Child setup: the run gets SIGTERM (saves a checkpoint) if the worker thread that started it dies,
   even by SIGKILL, so a taken-over trial never has two writers."""
   try:
@@ -118,7 +65,7 @@ class TrialRun:
       cpus = self.cpus
 
       def setup():
-        _die_with_parent()
+        die_with_parent()
         if cpus:
           os.sched_setaffinity(0, cpus)
       proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, env=self.env, preexec_fn=setup,
@@ -135,7 +82,7 @@ class TrialRun:
     from research.train.workdir import LOCK_NAME, owner_alive
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-      owner = _read_json(os.path.join(self.dir, LOCK_NAME))
+      owner = read_json(os.path.join(self.dir, LOCK_NAME))
       if not owner or owner_alive(owner) is not True:
         return
       time.sleep(POLL_S)
@@ -172,7 +119,7 @@ class TrialRun:
       return Outcome("pruned", last)
     if returncode != 0:
       return Outcome("failed", None, self._error_line(returncode))
-    summary = self._summary()
+    summary = read_summary(self.dir)
     if summary is None or summary.get("preempted"):
       return Outcome("interrupted", last)
     value = final_metric(summary, self.sweep.metric)
@@ -180,13 +127,6 @@ class TrialRun:
       return Outcome("failed", None, f"the run finished but logged no finite {self.sweep.metric!r} (summary.json "
                      f"keys: {', '.join(sorted(summary))}; eval keys: {', '.join(sorted(summary.get('final_eval') or {}))})")
     return Outcome("complete", float(value))
-
-  def _summary(self) -> dict | None:
-    try:
-      with open(os.path.join(self.dir, "summary.json")) as f:
-        return json.load(f)
-    except (OSError, json.JSONDecodeError):
-      return None
 
   def _error_line(self, returncode: int) -> str:
     try:
@@ -200,10 +140,11 @@ class TrialRun:
 
   def _write_record(self, status: str, error: str | None, wall: float | None) -> None:
     path = os.path.join(self.dir, "trial.json")
-    previous = _read_json(path) or {}
+    previous = read_json(path) or {}
     wall_total = float(previous.get("wall_seconds", 0.0)) + (wall or 0.0)
-    summary = self._summary() if status != "running" else None
-    values = curve(os.path.join(self.dir, "metrics.jsonl"), self.sweep.metric)
+    summary = read_summary(self.dir) if status != "running" else None
+    steps, points = run_curves(self.dir).get(self.sweep.metric, ((), ()))
+    values = {int(t): float(v) for t, v in zip(steps, points) if math.isfinite(v)}
     pick = min if self.sweep.direction == "minimize" else max
     best_step = pick(values, key=values.get) if values else None
     final = final_metric(summary, self.sweep.metric) if summary else None
@@ -227,14 +168,6 @@ class TrialRun:
     with open(tmp, "w") as f:
       json.dump(record, f, indent=1)
     os.replace(tmp, path)
-
-
-def _read_json(path: str):
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError):
-    return None
 
 
 def _last_steps_tokens(metrics_path: str) -> tuple[int, int]:
