@@ -85,7 +85,8 @@ def test_two_workers_on_one_journal_run_every_trial_exactly_once(tmp_path, base)
                       "overrides={'train.eval_every': 10}")
   workdir = str(tmp_path / "w")
   storage = f"--storage=journal:{workdir}/study.journal"
-  a, b = _start(sweep, workdir, "--worker", storage), _start(sweep, workdir, "--worker", storage)
+  extra = "--config.train.log_every=4"   # set in every trial, recorded in the study
+  a, b = _start(sweep, workdir, "--worker", storage, extra), _start(sweep, workdir, "--worker", storage, extra)
   outs = [_finish(a), _finish(b)]
   records = _records(workdir)
   assert len(records) == 4 and all(r["status"] == "complete" and r["attempts"] == 1 for r in records.values())
@@ -93,11 +94,13 @@ def test_two_workers_on_one_journal_run_every_trial_exactly_once(tmp_path, base)
   for tid in records:
     with open(os.path.join(workdir, "trials", tid, "train.log")) as f:
       assert f.read().count("# attempt") == 1, tid
+    with open(os.path.join(workdir, "trials", tid, "config.json")) as f:
+      assert json.load(f)["train"]["log_every"] == 4
   complete = [t for t in _study(workdir).get_trials() if t.state.name == "COMPLETE"]
   assert sorted(t.user_attrs["trial_id"] for t in complete) == sorted(records)
   assert sum("starts in" in out for out in outs) == 2     # each worker's log says what it ran
   # finished: running the command again runs nothing
-  again = _finish(_start(sweep, workdir))
+  again = _finish(_start(sweep, workdir, extra))
   assert "this worker ran no trial" in again
 
 
@@ -123,8 +126,15 @@ def test_a_killed_workers_trial_is_taken_over_and_resumed(tmp_path, base):
 
 
 def test_a_stopped_sweep_continues_when_rerun(tmp_path, base):
-  sweep = _sweep_file(tmp_path, base, "space={'optimizer.learning_rate': choice(3e-3, 1e-2)}, sampler='grid', "
-                      "num_steps=300, overrides={'train.eval_every': 150, 'checkpoint.every_steps': 20}")
+  # the base as a config get_sweep() builds (DIR/base.py rebuilds it in each trial)
+  sweep = tmp_path / "s.py"
+  sweep.write_text(f"import importlib.util\nfrom research.sweeps import Sweep, choice\n"
+                   f"spec = importlib.util.spec_from_file_location('tiny_base', {base!r})\n"
+                   "module = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(module)\n\n"
+                   "def get_sweep():\n  return Sweep(base=module.get_config(), space={'optimizer.learning_rate': "
+                   "choice(3e-3, 1e-2)}, sampler='grid', num_steps=300, "
+                   "overrides={'train.eval_every': 150, 'checkpoint.every_steps': 20})\n")
+  sweep = str(sweep)
   workdir = str(tmp_path / "w")
   first = _start(sweep, workdir)
   tid = _wait_for_step(os.path.join(workdir, "trials"), 40)
@@ -135,6 +145,7 @@ def test_a_stopped_sweep_continues_when_rerun(tmp_path, base):
   out = _finish(_start(sweep, workdir))
   records = _records(workdir)
   assert len(records) == 2 and all(r["status"] == "complete" and r["steps"] == 300 for r in records.values())
+  assert all(r["command"][2] == f"--config={workdir}/base.py" for r in records.values())
   assert records[tid]["attempts"] == 2 and "resumes (attempt 2)" in out
   with open(os.path.join(workdir, "trials", tid, "train.log")) as f:
     assert "resumed from step" in f.read()
