@@ -28,8 +28,12 @@ def figure(rows: int = 1, cols: int = 1, width: float = 6.4, height: float = 4.2
 
 
 def save(fig, path: str) -> str:
+  """Written to a temporary name and renamed: the workers of one sweep each write the report at their
+  end, and a reader never sees half a PNG."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110, bbox_inches="tight")   # Optuna's charts clip long parameter names otherwise
+  tmp = f"{path}.tmp{os.getpid()}.png"
+  fig.savefig(tmp, dpi=110, bbox_inches="tight")   # Optuna's charts clip long parameter names otherwise
+  os.replace(tmp, path)
   return path
 
 

@@ -127,11 +127,13 @@ def flat(row: dict, names: list[str]) -> dict:
 def write_csv(sweep: dict, rows: list[dict], path: str) -> str:
   names = columns(sweep, rows)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w", newline="") as f:
+  tmp = f"{path}.tmp{os.getpid()}"   # renamed into place: several workers may write it at their ends
+  with open(tmp, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=names)
     writer.writeheader()
     for row in rows:
       writer.writerow({k: "" if v is None else v for k, v in flat(row, names).items()})
+  os.replace(tmp, path)
   return path
 
 
