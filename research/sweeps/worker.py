@@ -129,7 +129,12 @@ class Worker:
         self.stop_event.wait(WAIT_POLL_S)
         continue
       outcome = self._run_trial(claim, slot)
-      coord.finish(claim, outcome.state, outcome.value, outcome.error)
+      try:
+        coord.finish(claim, outcome.state, outcome.value, outcome.error)
+      except (ValueError, RuntimeError) as e:   # declared lost (a long storage outage) and taken over meanwhile
+        self.log(f"sweep: trial {claim.trial_id} (#{claim.trial.number}) was taken over by another worker while it "
+                 f"ran here ({e}); the other attempt records its result")
+        continue
       with self._counts_lock:
         self.counts[outcome.state] += 1
       where = f"{self.sweep.metric} {outcome.value:.4f}" if outcome.value is not None else (outcome.error or "")
