@@ -96,8 +96,11 @@ def run(sweep) -> int:
     return gang_lib.follow(sweep, FLAGS.workdir, options, gang)
   worker = Worker(sweep, FLAGS.sweep, FLAGS.workdir, options, gang=gang)
   counts = worker.run()
-  print("sweep: this worker ran " + ", ".join(f"{v} {k}" for k, v in counts.items() if k != "stopped" and v)
-        if any(v for k, v in counts.items() if k != "stopped") else "sweep: this worker ran no trial", flush=True)
+  ran = {k: v for k, v in counts.items() if k not in ("stopped", "storage_failed") and v}
+  print("sweep: this worker ran " + ", ".join(f"{v} {k}" for k, v in ran.items()) if ran
+        else "sweep: this worker ran no trial", flush=True)
+  if counts["storage_failed"]:
+    return 1
   if counts["stopped"]:
     print("sweep: stopped; rerun the same command to continue", flush=True)
   elif FLAGS.report:

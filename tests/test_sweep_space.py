@@ -231,3 +231,40 @@ def test_a_study_is_reopened_by_the_same_sweep_and_refused_to_a_changed_one(tmp_
   open_study(_sweep(sampler="grid", overrides={"mesh.shape": (1, 1, 1)}), storage)   # tuples survive the round trip
   with pytest.raises(ConfigError, match="created by a different sweep \\(space changed\\)"):
     open_study(_sweep(sampler="grid", space={"seed": choice(1, 2)}, overrides={"mesh.shape": (1, 1, 1)}), storage)
+
+
+def test_a_beating_trial_elsewhere_is_left_alone_and_a_taken_over_claim_is_revoked(tmp_path):
+  sweep = _sweep(sampler="grid", num_trials=1)
+  a = _coordinator(tmp_path, sweep)
+  claim = a.next_claim()
+  a.storage.set_trial_system_attr(claim.trial._trial_id, "owner", {"host": "elsewhere", "pid": 1, "worker": "w"})
+  patient = _coordinator(tmp_path, sweep, grace_s=3600.0)
+  assert patient.next_claim() == WAIT and patient.next_claim() == WAIT     # silent for less than grace_s
+  a.renew()
+  assert not claim.revoked.is_set()
+  b = _coordinator(tmp_path, sweep, grace_s=0.0)
+  again = b.next_claim()
+  assert again.trial_id == claim.trial_id
+  a.renew()                        # a's next heartbeat finds its trial finished (lost): its run is stopped
+  assert claim.revoked.is_set() and claim.trial.number not in a._mine
+
+
+def test_a_copy_popped_by_another_worker_is_not_run_twice(tmp_path):
+  sweep = _sweep(sampler="grid", num_trials=1)
+  (params, seed), = sweep.design()
+  c = _coordinator(tmp_path, sweep)
+  c._enqueued = True
+  for _ in range(2):               # two workers enqueued the point at once
+    c.study.enqueue_trial(params, user_attrs={"trial_id": trial_id(params, seed), "seed": seed, "attempt": 1})
+  c.study.ask()                    # another worker popped the first copy and has not tagged it yet
+  assert c.next_claim() == WAIT    # the second copy is a duplicate; the first one runs
+  roles = [t.user_attrs.get("role") for t in c.study.get_trials()]
+  assert roles == [None, "duplicate"]
+
+
+def test_a_run_stopped_before_its_signal_handler_is_interrupted_not_failed(tmp_path):
+  from research.sweeps.trial_run import TrialRun
+  run = TrialRun(None, _sweep(sampler="grid"), [], str(tmp_path), {}, False, None)
+  assert run._outcome(-15, "stopped").state == "interrupted"
+  assert run._outcome(1, None).state == "failed"
+  assert run._outcome(0, "revoked").state == "revoked"

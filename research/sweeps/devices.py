@@ -15,6 +15,8 @@ import os
 import shutil
 import subprocess
 
+from research.config import ConfigError
+
 TPU_BOUNDS = {1: "1,1,1", 2: "1,2,1", 4: "2,2,1"}
 
 
@@ -41,14 +43,14 @@ def detect(accelerator: str = "auto") -> tuple[str, int]:
     if chips:
       return "tpu", len(chips)
   if accelerator not in ("auto", "cpu"):
-    raise ValueError(f"--accelerator={accelerator}: none found on this machine")
+    raise ConfigError(f"--accelerator={accelerator}: none found on this machine")
   return "cpu", len(os.sched_getaffinity(0))
 
 
 def slots(kind: str, count: int, parallel: int, devices_per_trial: int | None) -> list[Slot]:
   """`parallel` slots of `devices_per_trial` devices each (default: the devices split evenly)."""
   if parallel < 1:
-    raise ValueError(f"--parallel={parallel} must be at least 1")
+    raise ConfigError(f"--parallel={parallel} must be at least 1")
   if kind == "cpu":
     cores = sorted(os.sched_getaffinity(0))
     per = max(1, len(cores) // parallel)
@@ -64,7 +66,7 @@ def slots(kind: str, count: int, parallel: int, devices_per_trial: int | None) -
     return out
   per = devices_per_trial or count // parallel
   if per < 1 or per * parallel > count:
-    raise ValueError(f"--parallel={parallel} x --devices_per_trial={per} needs {per * parallel} {kind.upper()}s; "
+    raise ConfigError(f"--parallel={parallel} x --devices_per_trial={per} needs {per * parallel} {kind.upper()}s; "
                      f"this machine has {count}")
   out = []
   for i in range(parallel):
@@ -73,7 +75,7 @@ def slots(kind: str, count: int, parallel: int, devices_per_trial: int | None) -
       env = {"CUDA_VISIBLE_DEVICES": ids}
     else:
       if per != count and per not in TPU_BOUNDS:
-        raise ValueError(f"--devices_per_trial={per}: a TPU host splits into sub-slices of "
+        raise ConfigError(f"--devices_per_trial={per}: a TPU host splits into sub-slices of "
                          f"{', '.join(map(str, TPU_BOUNDS))} chips")
       env = {} if per == count else {"TPU_VISIBLE_CHIPS": ids, "TPU_CHIPS_PER_HOST_BOUNDS": TPU_BOUNDS[per],
                                      "TPU_HOST_BOUNDS": "1,1,1", "TPU_PROCESS_PORT": str(8476 + i),

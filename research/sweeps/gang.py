@@ -3,7 +3,7 @@
 Optuna sees), and the other hosts run each trial with it, as one multi-host training run.
 
 Host 0 broadcasts through the study's storage, which every host reaches already: one user
-attribute per gang, `gang:<name>` = {epoch, seq, state: gather | trial | done, command}. At its
+attribute per gang, `gang:<name>` = {epoch, seq, state: gather | trial | done | stopped, command}. At its
 start host 0 posts a new epoch and waits until every host has acknowledged it (`gang:<name>:ack:<k>`),
 so a host that restarted never runs a stale trial; then one entry per trial (the same train.py
 command on every host, each adding its own --process_id), and `done` at the end. A follower that
@@ -72,9 +72,10 @@ class Gang:
                                           "trial_id": trial_id, "command": command, "trial_dir": trial_dir})
     return command + self.process_flags(self.seq)
 
-  def finish(self) -> None:
+  def finish(self, stopped: bool = False) -> None:
+    """Host 0's end: `done` (the study is finished) or `stopped` (continue by restarting every host)."""
     if self.study is not None:
-      self.study.set_user_attr(self.key, {"epoch": self.epoch, "seq": self.seq, "state": "done"})
+      self.study.set_user_attr(self.key, {"epoch": self.epoch, "seq": self.seq, "state": "stopped" if stopped else "done"})
 
 
 def from_flags(num_processes, process_id, coordinator, name) -> Gang | None:
@@ -123,8 +124,9 @@ def follow(sweep, workdir: str, options, gang: Gang, log=print) -> int:
       epoch, last_seq, child = entry["epoch"], -1, None
       study.set_user_attr(f"{gang.key}:ack:{gang.process_id}", epoch)
     if entry is not None and (child is None or child.poll() is not None):
-      if entry["state"] == "done":
-        log(f"sweep: gang {gang.name}: host 0 is done")
+      if entry["state"] in ("done", "stopped"):
+        log(f"sweep: gang {gang.name}: host 0 is {entry['state']}"
+            + ("; restart every host's command to continue" if entry["state"] == "stopped" else ""))
         return 0
       if entry["state"] == "trial" and entry["seq"] > last_seq:
         last_seq = entry["seq"]

@@ -52,6 +52,9 @@ def _values(p) -> tuple:
 def _candidate_points(sweep: Sweep, base) -> list[dict]:
   if sweep.sampler != "tpe":
     return sweep.points()
+  shaping_keys = {k for k in sweep.space if is_shape_key(k) or not is_config_key(base, k)}   # a free name may derive one
+  # a key a shape parameter is conditional on: every value, or the shapes under the others are missed
+  shaping_keys |= {k for key in list(shaping_keys) for k in (sweep.space[key].when or {})}
   points = [{}]
   for key, p in sweep.space.items():
     grown = []
@@ -59,8 +62,7 @@ def _candidate_points(sweep: Sweep, base) -> list[dict]:
       if not p.applies(point):
         grown.append(point)
         continue
-      shaping = is_shape_key(key) or not is_config_key(base, key)   # a free name may derive a shape
-      values = _values(p) if shaping else _values(p)[:1]
+      values = _values(p) if key in shaping_keys else _values(p)[:1]
       grown.extend({**point, key: v} for v in values)
     points = grown
   return points

@@ -297,9 +297,18 @@ def load_sweep(path: str) -> Sweep:
     spec.loader.exec_module(module)
   except SyntaxError as e:
     raise ConfigError(f"--sweep={path}: line {e.lineno}: {e.msg}") from None
+  except ConfigError:
+    raise
+  except Exception as e:  # noqa: BLE001 - the file's own error, named in one line
+    raise ConfigError(f"--sweep={path}: {type(e).__name__}: {e}") from None
   if not hasattr(module, "get_sweep"):
     raise ConfigError(f"--sweep={path}: {path} defines no get_sweep()")
-  sweep = module.get_sweep()
+  try:
+    sweep = module.get_sweep()
+  except ConfigError:
+    raise
+  except Exception as e:  # noqa: BLE001
+    raise ConfigError(f"--sweep={path}: get_sweep() raised {type(e).__name__}: {e}") from None
   if not isinstance(sweep, Sweep):
     raise ConfigError(f"--sweep={path}: get_sweep() must return research.sweeps.Sweep, not {type(sweep).__name__}")
   if not sweep.name:

@@ -53,6 +53,9 @@ def open_storage(url: str | None, workdir: str, many_machines: bool):
     except ImportError as e:
       raise ConfigError(f"--storage={url}: the database driver is not installed ({e}); pip install "
                         "psycopg2-binary (PostgreSQL) or pymysql (MySQL, with mysql+pymysql://)") from None
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy's connection errors span many lines
+      first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+      raise ConfigError(f"--storage={url}: cannot open the database ({type(e).__name__}: {first})") from None
   if scheme:
     raise ConfigError(f"--storage={url}: unknown scheme {scheme!r}; give a journal file path (journal:PATH) or "
                       f"a database URL ({', '.join(s + '://' for s in RDB_SCHEMES[:2])}, sqlite:// on one machine)")
@@ -106,6 +109,8 @@ class Claim:
   trial_id: str
   attempt: int
   takeover: bool                # a previous attempt's worker died: its workdir lock may need breaking
+  revoked: threading.Event = dataclasses.field(default_factory=threading.Event)   # set: stop the run
+  renewed: float = dataclasses.field(default_factory=time.monotonic)              # the lease's last renewal
 
 
 @dataclasses.dataclass
@@ -166,7 +171,16 @@ class Coordinator:
         seed = int(attrs.get("seed", self.sweep.seeds[0]))
         tid = trial_id(params, seed)
         completed = _completed_ids(trials)
-        if tid in census.running or tid in completed or (tid in census.done and not attrs.get("retry")):
+        taken = tid in census.running or tid in completed or (tid in census.done and not attrs.get("retry"))
+        if not taken:
+          attempt = int(attrs.get("attempt", 1))
+          for key, value in (("trial_id", tid), ("seed", seed), ("attempt", attempt), ("role", "run")):
+            trial.set_user_attr(key, value)
+          self.storage.set_trial_system_attr(trial._trial_id, "owner", self.owner)
+          self.storage.set_trial_system_attr(trial._trial_id, "heartbeat", self._heartbeats)
+          # Another worker may have popped a copy of the same point meanwhile: the lower number runs it.
+          taken = _runs_elsewhere(self.study.get_trials(deepcopy=False), tid, trial.number, self.sweep)
+        if taken:
           trial.set_user_attr("role", "duplicate")
           trial.set_user_attr("trial_id", tid)
           self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -177,11 +191,6 @@ class Coordinator:
             return WAIT if census.running else None
           continue
         self._duplicates = 0
-        attempt = int(attrs.get("attempt", 1))
-        for key, value in (("trial_id", tid), ("seed", seed), ("attempt", attempt), ("role", "run")):
-          trial.set_user_attr(key, value)
-        self.storage.set_trial_system_attr(trial._trial_id, "owner", self.owner)
-        self.storage.set_trial_system_attr(trial._trial_id, "heartbeat", self._heartbeats)
         claim = Claim(trial, params, seed, tid, attempt, takeover="takeover_of" in attrs)
         self._mine[trial.number] = claim
         return claim
@@ -265,17 +274,41 @@ class Coordinator:
 
   # ------------------------------------------------------------------ leases
   def start_heartbeat(self, every_s: float = 10.0) -> None:
+    """Renews the lease of every running claim; revokes a claim (its run is stopped) whose trial
+    another worker has taken over, or whose lease could not be renewed for half the grace time
+    (the others may be taking it over now)."""
     def beat():
       while not self._stop.wait(every_s):
-        with self._lock:
-          self._heartbeats += 1
-          for claim in list(self._mine.values()):
-            try:
-              self.storage.set_trial_system_attr(claim.trial._trial_id, "heartbeat", self._heartbeats)
-            except Exception as e:  # noqa: BLE001 - a storage hiccup: the next beat tries again
-              self.log(f"sweep: heartbeat of trial {claim.trial_id} failed ({type(e).__name__}: {e})")
+        self.renew()
     self._thread = threading.Thread(target=beat, name="sweep-heartbeat", daemon=True)
     self._thread.start()
+
+  def renew(self) -> None:
+    """One heartbeat for every running claim."""
+    with self._lock:
+      self._heartbeats += 1
+      for claim in list(self._mine.values()):
+        try:
+          if self.storage.get_trial(claim.trial._trial_id).state.is_finished():
+            self._revoke(claim, "another worker took it over")
+            continue
+          self.storage.set_trial_system_attr(claim.trial._trial_id, "heartbeat", self._heartbeats)
+          claim.renewed = time.monotonic()
+        except Exception as e:  # noqa: BLE001 - a storage hiccup: the next beat tries again
+          self.log(f"sweep: heartbeat of trial {claim.trial_id} failed ({type(e).__name__}: {e})")
+          if time.monotonic() - claim.renewed > self.grace_s / 2:
+            self._revoke(claim, f"its lease was not renewed for {self.grace_s / 2:.0f}s")
+
+  def _revoke(self, claim: Claim, why: str) -> None:
+    if not claim.revoked.is_set():
+      self.log(f"sweep: trial {claim.trial_id} (#{claim.trial.number}) stops here: {why}")
+      claim.revoked.set()
+    self._mine.pop(claim.trial.number, None)
+
+  def release(self, claim: Claim) -> None:
+    """A revoked claim's run has stopped: nothing to tell (the trial is another worker's now)."""
+    with self._lock:
+      self._mine.pop(claim.trial.number, None)
 
   def close(self) -> None:
     self._stop.set()
@@ -283,7 +316,12 @@ class Coordinator:
       self._thread.join(timeout=5)
 
 
+IGNORED_ROLES = ("duplicate", "stray")
+
+
 def _census(trials) -> Census:
+  """A RUNNING trial that carries a trial id counts as running whether or not its worker has tagged
+  it yet; a COMPLETE or PRUNED one as done even if a takeover raced its finish (role lost)."""
   done, running, known, waiting = set(), set(), set(), 0
   for t in trials:
     tid, role = t.user_attrs.get("trial_id"), t.user_attrs.get("role")
@@ -291,15 +329,33 @@ def _census(trials) -> Census:
       known.add(tid)
     if t.state.name == "WAITING":
       waiting += 1
-    elif t.state.name == "RUNNING" and role == "run":
+    elif not tid or role in IGNORED_ROLES:
+      continue
+    elif t.state.name == "RUNNING" and role in (None, "run"):
       running.add(tid)
-    elif role == "run" and t.state.name in ("COMPLETE", "PRUNED", "FAIL"):
+    elif t.state.name in ("COMPLETE", "PRUNED") or (t.state.name == "FAIL" and role == "run"):
       done.add(tid)
   return Census(done, running, waiting, known)
 
 
 def _completed_ids(trials) -> set:
-  return {t.user_attrs.get("trial_id") for t in trials if t.state.name in ("COMPLETE", "PRUNED")}
+  return {t.user_attrs.get("trial_id") for t in trials
+          if t.state.name in ("COMPLETE", "PRUNED") and t.user_attrs.get("role") not in IGNORED_ROLES}
+
+
+def _runs_elsewhere(trials, tid: str, number: int, sweep: Sweep) -> bool:
+  """Whether a lower-numbered RUNNING trial holds the same point (tagged, enqueued with its id, or a
+  sampled one whose parameters give the id), or it already finished. Copies of a point are popped
+  in number order, so the lowest running copy is the one every worker agrees on."""
+  for t in trials:
+    if t.number == number or t.user_attrs.get("role") in IGNORED_ROLES + ("lost",):
+      continue
+    other = t.user_attrs.get("trial_id") or (trial_id(t.params, sweep.seeds[0]) if t.params else None)
+    if other != tid:
+      continue
+    if t.state.name in ("COMPLETE", "PRUNED") or (t.state.name == "RUNNING" and t.number < number):
+      return True
+  return False
 
 
 def trial_records(study) -> dict:

@@ -68,12 +68,19 @@ class TrialRun:
         die_with_parent()
         if cpus:
           os.sched_setaffinity(0, cpus)
+      # Its own session: a Ctrl-C at the terminal reaches the worker, which stops the run with SIGTERM
+      # (the trainer's checkpoint-and-exit), not the run directly.
       proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, env=self.env, preexec_fn=setup,
-                              cwd=ROOT)
-      pruned = self._watch(proc)
+                              cwd=ROOT, start_new_session=True)
+      try:
+        ending = self._watch(proc)
+      finally:
+        if proc.poll() is None:   # the worker failed while the run went on: stop it at a checkpoint
+          proc.send_signal(signal.SIGTERM)
+          proc.wait()
     wall = time.time() - started
-    outcome = self._outcome(proc.returncode, pruned)
-    self._write_record(outcome.state, outcome.error, wall)
+    outcome = self._outcome(proc.returncode, ending)
+    self._write_record(outcome.state, outcome.error, wall, outcome.state != "revoked")
     return outcome
 
   def _wait_for_previous_run(self, timeout_s: float = 300.0) -> None:
@@ -89,34 +96,45 @@ class TrialRun:
     self.log(f"sweep: trial {self.claim.trial_id}: its previous run (pid {owner.get('pid')}) still holds the workdir "
              f"after {timeout_s:.0f}s")
 
-  def _watch(self, proc) -> bool:
-    """Reports evaluations to the pruner while the run goes; True when it pruned the run."""
+  def _watch(self, proc) -> str | None:
+    """Reports evaluations to the pruner while the run goes. Returns why the worker stopped it:
+    "pruned", "stopped" (the sweep is stopping), "revoked" (the trial is another worker's now) or None."""
+    from optuna.exceptions import UpdateFinishedTrialError
     tail = MetricsTail(os.path.join(self.dir, "metrics.jsonl"))
-    pruned = stopped = False
+    ending = None
     while True:
       done = proc.poll() is not None
       for record in tail.read():
         value = record.get(self.sweep.metric)
-        if self.pruning and isinstance(value, (int, float)) and math.isfinite(value) and not pruned:
+        if self.pruning and isinstance(value, (int, float)) and math.isfinite(value) and ending is None:
           step = int(record["step"])
           if step not in self.reported:
             self.reported[step] = float(value)
-            self.claim.trial.report(float(value), step)
-            if self.claim.trial.should_prune():
+            try:
+              self.claim.trial.report(float(value), step)
+              prune = self.claim.trial.should_prune()
+            except UpdateFinishedTrialError:   # taken over elsewhere
+              self.claim.revoked.set()
+              break
+            if prune:
               self.log(f"sweep: trial {self.claim.trial_id} pruned at step {step} ({self.sweep.metric} {value:.4f})")
-              pruned = True
+              ending = "pruned"
               proc.send_signal(signal.SIGTERM)
       if done:
-        return pruned
-      if self.stop_event.is_set() and not stopped and not pruned:
-        proc.send_signal(signal.SIGTERM)   # the sweep is stopping: the run saves a checkpoint to resume from
-        stopped = True
+        return ending
+      if ending is None and (self.stop_event.is_set() or self.claim.revoked.is_set()):
+        ending = "revoked" if self.claim.revoked.is_set() else "stopped"
+        proc.send_signal(signal.SIGTERM)   # the run saves a checkpoint (to resume from) and exits
       time.sleep(POLL_S)
 
-  def _outcome(self, returncode: int, pruned: bool) -> Outcome:
+  def _outcome(self, returncode: int, ending: str | None) -> Outcome:
     last = self.reported[max(self.reported)] if self.reported else None
-    if pruned:
+    if ending == "pruned":
       return Outcome("pruned", last)
+    if ending == "revoked":
+      return Outcome("revoked", last, "taken over by another worker")
+    if ending == "stopped" and returncode != 0:   # stopped before the trainer's handler was in place
+      return Outcome("interrupted", last)
     if returncode != 0:
       return Outcome("failed", None, self._error_line(returncode))
     summary = read_summary(self.dir)
@@ -138,7 +156,11 @@ class TrialRun:
     text = errors[-1] if errors else (lines[-1] if lines else "no output")
     return f"exit {returncode}: {text}"
 
-  def _write_record(self, status: str, error: str | None, wall: float | None) -> None:
+  def _write_record(self, status: str, error: str | None, wall: float | None, write: bool = True) -> None:
+    """trial.json after an attempt (or at its start: wall None). A revoked attempt writes nothing:
+    the trial and its record are another worker's now."""
+    if not write:
+      return
     path = os.path.join(self.dir, "trial.json")
     previous = read_json(path) or {}
     wall_total = float(previous.get("wall_seconds", 0.0)) + (wall or 0.0)
@@ -151,7 +173,13 @@ class TrialRun:
     steps_tokens = _last_steps_tokens(os.path.join(self.dir, "metrics.jsonl"))
     devices = int(_devices_of(summary) or self.record.get("devices") or previous.get("devices") or 1)
     cost_rate = (summary or {}).get("compute", {}).get("cost_per_device_hour") or self.record.get("cost_per_device_hour")
-    device_hours = devices * wall_total / 3600
+    # Device-hours: each attempt's compute summary (devices x that invocation's wall time, as the
+    # trainer bills it) when it completed, else devices x the attempt's wall time seen from here.
+    attempt_hours = 0.0
+    if wall is not None:
+      from_summary = (summary or {}).get("compute", {}).get("device_hours") if status == "complete" else None
+      attempt_hours = from_summary if from_summary is not None else devices * wall / 3600
+    device_hours = float(previous.get("device_hours") or 0.0) + attempt_hours
     record = {"trial_id": self.claim.trial_id, "number": self.claim.trial.number,
               "params": self.claim.params, "seed": self.claim.seed, "status": status, "error": error,
               "metric": self.sweep.metric, "direction": self.sweep.direction,

@@ -19,7 +19,7 @@ from research.config import ConfigError
 from research.sweeps import devices as devices_lib
 from research.sweeps.space import Sweep, check_keys, config_flags, trial_overrides
 from research.sweeps.study import WAIT, Coordinator, open_storage, open_study
-from research.sweeps.trial_run import ROOT, TRAIN_SCRIPT, TrialRun
+from research.sweeps.trial_run import ROOT, TRAIN_SCRIPT, Outcome, TrialRun
 
 WAIT_POLL_S = 2.0
 
@@ -70,6 +70,7 @@ class Worker:
     self.base = base_config_of(self.base_spec)
     check_keys(sweep, self.base, sweep_path)
     self.stop_event = threading.Event()
+    self.storage_failed = False
     self.counts = {"complete": 0, "pruned": 0, "failed": 0, "interrupted": 0}
     self._counts_lock = threading.Lock()
 
@@ -108,8 +109,8 @@ class Worker:
       restore()
       coord.close()
       if self.gang is not None:
-        self.gang.finish()
-    return dict(self.counts, stopped=self.stop_event.is_set())
+        self.gang.finish(stopped=self.stop_event.is_set())
+    return dict(self.counts, stopped=self.stop_event.is_set(), storage_failed=self.storage_failed)
 
   def _size_text(self) -> str:
     if self.sweep.sampler == "tpe":
@@ -121,14 +122,25 @@ class Worker:
       try:
         claim = coord.next_claim()
       except Exception as e:  # noqa: BLE001 - the storage went away: say so and stop this slot
-        self.log(f"sweep: cannot reach the study ({type(e).__name__}: {e}); slot {slot.index} stops")
+        self.log(f"error: sweep: cannot reach the study ({type(e).__name__}: {e}); slot {slot.index} stops")
+        self.storage_failed = True
         return
       if claim is None:
         return
       if claim == WAIT:
         self.stop_event.wait(WAIT_POLL_S)
         continue
-      outcome = self._run_trial(claim, slot)
+      if self.stop_event.is_set():   # stopped while the claim was made: back in the queue, nothing started
+        coord.finish(claim, "interrupted")
+        return
+      try:
+        outcome = self._run_trial(claim, slot)
+      except Exception as e:  # noqa: BLE001 - this worker's fault, not the trial's: recorded, the sweep goes on
+        outcome = Outcome("failed", None, f"the sweep worker failed running it: {type(e).__name__}: {e}")
+        self.log(f"sweep: trial {claim.trial_id}: {outcome.error}")
+      if outcome.state == "revoked":
+        coord.release(claim)
+        continue
       try:
         coord.finish(claim, outcome.state, outcome.value, outcome.error)
       except (ValueError, RuntimeError) as e:   # declared lost (a long storage outage) and taken over meanwhile
@@ -136,7 +148,7 @@ class Worker:
                  f"ran here ({e}); the other attempt records its result")
         continue
       with self._counts_lock:
-        self.counts[outcome.state] += 1
+        self.counts[outcome.state] = self.counts.get(outcome.state, 0) + 1
       where = f"{self.sweep.metric} {outcome.value:.4f}" if outcome.value is not None else (outcome.error or "")
       self.log(f"sweep: trial {claim.trial_id} {_describe(claim.params)} seed {claim.seed}: {outcome.state}"
                + (f" ({where})" if where else ""))
