@@ -12,7 +12,8 @@ from research.config import ConfigError
 from research.sweeps import Sweep, choice, integer, loguniform, uniform
 from research.sweeps.shapes import trial_shapes
 from research.sweeps.space import check_keys, config_flags, load_sweep, trial_id, trial_overrides
-from research.sweeps.study import WAIT, Coordinator, open_storage, open_study
+from research.sweeps.storage import open_storage
+from research.sweeps.study import WAIT, Coordinator, open_study
 
 from tests.helpers import ROOT, tiny_config
 

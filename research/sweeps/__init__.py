@@ -2,7 +2,8 @@
 workdir; Optuna's study (journal file or database) coordinates workers.
 
 space.py (what a sweep declares: Sweep, loguniform/uniform/integer/choice, fixed designs, trial
-ids), study.py (storage, the study, handing out trials, leases and takeover), worker.py (slots of
+ids), storage.py (journal file or database; SQLite refused for many machines), study.py (the study, handing
+out trials, leases and takeover), pruning.py (median / ASHA over the other trials), worker.py (slots of
 parallel trials on one machine), trial_run.py (one trial's child process, pruning from its
 metrics), devices.py (splitting local accelerators), gang.py (a multi-host trial: host 0 chooses,
 the others follow), shapes.py (--dry_run over every trial shape), scaling.py (fits of L(N, D):

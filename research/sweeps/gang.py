@@ -99,7 +99,7 @@ def from_flags(num_processes, process_id, coordinator, name) -> Gang | None:
 def follow(sweep, workdir: str, options, gang: Gang, log=print) -> int:
   """Hosts 1..N-1: run host 0's trials until it says done."""
   import optuna
-  from research.sweeps.study import open_storage
+  from research.sweeps.storage import open_storage
   from research.sweeps.trial_run import ROOT, die_with_parent
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   storage = open_storage(options.storage, os.path.abspath(workdir), many_machines=True)

@@ -5,10 +5,7 @@ leaves to its users: trial ids from (parameters, seed), duplicate suggestions, f
 many workers share, and leases on running trials that every storage supports (Optuna's own
 heartbeat works with RDB storage only, not the journal file).
 
-Storage (`--storage`): a journal file (a path, or journal:PATH) on a filesystem every worker sees,
-or a database URL (postgresql://, mysql+pymysql://, ... through SQLAlchemy). Plain SQLite is
-refused for workers on several machines: its file locking fails under many writers (and on NFS).
-Without --storage, the study lives in DIR/study.journal.
+Storage: storage.py; pruners: pruning.py.
 
 Per Optuna trial, user attributes: trial_id, seed, attempt, role (run | duplicate | lost | stray),
 error; system attributes: owner ({host, pid, start, worker}) and heartbeat (a counter its owner
@@ -28,49 +25,15 @@ import time
 import optuna
 
 from research.config import ConfigError
+from research.sweeps.pruning import make_pruner
 from research.sweeps.space import Sweep, trial_id
 from research.train.workdir import owner_alive, this_process
 
-JOURNAL_PREFIX = "journal:"
-RDB_SCHEMES = ("postgresql", "mysql", "mariadb", "oracle", "mssql", "cockroachdb")
-
-
-def open_storage(url: str | None, workdir: str, many_machines: bool):
-  """The Optuna storage of `url` (None: DIR/study.journal)."""
-  import optuna
-  from optuna.storages import journal
-  if not url:
-    url = os.path.join(workdir, "study.journal")
-  scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
-  if scheme == "sqlite":
-    if many_machines:
-      raise ConfigError(f"--storage={url}: SQLite cannot coordinate workers on several machines (its file "
-                        "locking fails under many writers and on network filesystems); use a journal file on "
-                        "a shared filesystem (--storage=journal:/shared/DIR/study.journal) or PostgreSQL/MySQL "
-                        "(--storage=postgresql://user:pass@host/db)")
-    return optuna.storages.RDBStorage(url)
-  if scheme in RDB_SCHEMES:
-    try:
-      return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-    except ImportError as e:
-      raise ConfigError(f"--storage={url}: the database driver is not installed ({e}); pip install "
-                        "psycopg2-binary (PostgreSQL) or pymysql (MySQL, with mysql+pymysql://)") from None
-    except Exception as e:  # noqa: BLE001 - SQLAlchemy's connection errors span many lines
-      first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-      raise ConfigError(f"--storage={url}: cannot open the database ({type(e).__name__}: {first})") from None
-  if scheme:
-    raise ConfigError(f"--storage={url}: unknown scheme {scheme!r}; give a journal file path (journal:PATH) or "
-                      f"a database URL ({', '.join(s + '://' for s in RDB_SCHEMES[:2])}, sqlite:// on one machine)")
-  path = url[len(JOURNAL_PREFIX):] if url.startswith(JOURNAL_PREFIX) else url
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  # The open() lock works on NFS, where the default symlink lock may not.
-  return journal.JournalStorage(journal.JournalFileBackend(path, lock_obj=journal.JournalFileOpenLock(path)))
 
 
 def open_study(sweep: Sweep, storage, worker_salt: int = 0):
   """The sweep's study (created by the first worker, loaded by the rest). A study of the same name
   created by a different declaration is refused rather than mixed."""
-  import optuna
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   if sweep.sampler == "tpe":   # workers sample differently; constant liar keeps them apart while trials run
     sampler = optuna.samplers.TPESampler(seed=sweep.sampler_seed + worker_salt, constant_liar=True,
@@ -90,39 +53,6 @@ def open_study(sweep: Sweep, storage, worker_salt: int = 0):
       raise ConfigError(f"study {sweep.name!r} in this storage was created by a different sweep ({', '.join(changed)} "
                         "changed); give the sweep another name or --workdir")
   return study
-
-
-def make_pruner(sweep: Sweep):
-  import optuna
-  options = dict(sweep.pruner_options)
-  if sweep.pruner == "median":
-    return _AttemptsThatCount(optuna.pruners.MedianPruner(**{"n_startup_trials": 2, "n_warmup_steps": 0, **options}))
-  if sweep.pruner == "successive_halving":   # ASHA: asynchronous, so it suits many workers
-    return _AttemptsThatCount(optuna.pruners.SuccessiveHalvingPruner(**options))
-  return optuna.pruners.NopPruner()
-
-
-class _AttemptsThatCount(optuna.pruners.BasePruner):
-  """A pruner that compares a trial with the other trials only: a resumed trial's earlier, lost
-  attempt (and duplicates) would otherwise compete with it at every rung it already passed."""
-
-  def __init__(self, inner):
-    self.inner = inner
-
-  def prune(self, study, trial) -> bool:
-    return self.inner.prune(_StudyView(study), trial)
-
-
-class _StudyView:
-  def __init__(self, study):
-    self._study = study
-
-  def __getattr__(self, name):
-    return getattr(self._study, name)
-
-  def get_trials(self, deepcopy: bool = True, states=None):
-    return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states)
-            if t.user_attrs.get("role") not in IGNORED_ROLES + ("lost",)]
 
 
 @dataclasses.dataclass
@@ -170,7 +100,6 @@ class Coordinator:
   # ------------------------------------------------------------------ handing out trials
   def next_claim(self):
     """A Claim, WAIT (nothing to start; other trials still run), or None (the study is done)."""
-    import optuna
     with self._lock:
       while True:
         trials = self.study.get_trials(deepcopy=False)
@@ -240,7 +169,6 @@ class Coordinator:
     self._enqueued = True
 
   def _take_over_stale(self, trials) -> bool:
-    import optuna
     took = False
     now = time.monotonic()
     for t in trials:
@@ -278,7 +206,6 @@ class Coordinator:
   # ------------------------------------------------------------------ finishing
   def finish(self, claim: Claim, state: str, value: float | None = None, error: str | None = None) -> None:
     """state: complete | pruned | failed | interrupted (this worker stops: enqueued again to resume)."""
-    import optuna
     states = optuna.trial.TrialState
     with self._lock:
       self._mine.pop(claim.trial.number, None)

@@ -18,7 +18,8 @@ import threading
 from research.config import ConfigError
 from research.sweeps import devices as devices_lib
 from research.sweeps.space import Sweep, check_keys, config_flags, trial_overrides
-from research.sweeps.study import WAIT, Coordinator, open_storage, open_study
+from research.sweeps.storage import open_storage
+from research.sweeps.study import WAIT, Coordinator, open_study
 from research.sweeps.trial_run import ROOT, TRAIN_SCRIPT, Outcome, TrialRun
 
 WAIT_POLL_S = 2.0
