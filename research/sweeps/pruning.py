@@ -10,7 +10,6 @@ IGNORED_ROLES = ("duplicate", "stray", "lost")   # trials that are not a point's
 
 
 def make_pruner(sweep: Sweep):
-  import optuna
   options = dict(sweep.pruner_options)
   if sweep.pruner == "median":
     return _AttemptsThatCount(optuna.pruners.MedianPruner(**{"n_startup_trials": 2, "n_warmup_steps": 0, **options}))

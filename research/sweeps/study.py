@@ -30,7 +30,6 @@ from research.sweeps.space import Sweep, trial_id
 from research.train.workdir import owner_alive, this_process
 
 
-
 def open_study(sweep: Sweep, storage, worker_salt: int = 0):
   """The sweep's study (created by the first worker, loaded by the rest). A study of the same name
   created by a different declaration is refused rather than mixed."""
