@@ -28,6 +28,14 @@ class Slot:
   devices: int | None          # devices the child sees (None: not set here)
 
 
+def child_env(slot: Slot, root: str) -> dict:
+  """A child run's environment: this process's, the slot's device variables, the repository first on
+  PYTHONPATH (the experiment files import `research` and `tests.helpers`)."""
+  env = dict(os.environ, **slot.env)
+  env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
 def detect(accelerator: str = "auto") -> tuple[str, int]:
   """(kind, local device count): gpu from nvidia-smi, tpu from /dev/accel* or /dev/vfio, else cpu."""
   if accelerator in ("auto", "gpu") and shutil.which("nvidia-smi"):

@@ -114,7 +114,7 @@ def follow(sweep, workdir: str, options, gang: Gang, log=print) -> int:
   from research.sweeps import devices as devices_lib
   kind, count = devices_lib.detect(options.accelerator)
   slot = devices_lib.slots(kind, count, 1, options.devices_per_trial)[0]   # as host 0's worker splits its own
-  env = dict(os.environ, **slot.env, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env = devices_lib.child_env(slot, ROOT)
   while True:
     entry = study.user_attrs.get(gang.key)
     if entry is not None and entry["epoch"] != epoch:

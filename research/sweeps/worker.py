@@ -163,8 +163,7 @@ class Worker:
       command.append("--break_lock")   # the previous attempt's worker was declared dead
     if self.gang is not None:
       command = self.gang.publish(claim.trial_id, command, trial_dir)
-    env = dict(os.environ, **slot.env)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env = devices_lib.child_env(slot, ROOT)
     processes = self.gang.num_processes if self.gang is not None else 1
     record = {"overrides": overrides, "devices": slot.devices * processes if slot.devices else None,
               "cost_per_device_hour": self.base.train.cost_per_device_hour or None, "command": command,
