@@ -20,7 +20,7 @@ import signal
 import subprocess
 import time
 
-from research.sweeps.runs import MetricsTail, final_metric, read_json, read_summary, run_curves
+from research.sweeps.runs import MetricsTail, curves, final_metric, read_json, read_metrics, read_summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_SCRIPT = os.path.join(ROOT, "scripts", "train.py")
@@ -165,12 +165,14 @@ class TrialRun:
     previous = read_json(path) or {}
     wall_total = float(previous.get("wall_seconds", 0.0)) + (wall or 0.0)
     summary = read_summary(self.dir) if status != "running" else None
-    steps, points = run_curves(self.dir).get(self.sweep.metric, ((), ()))
+    records = read_metrics(self.dir)   # read once: the metric's curve, steps and tokens
+    steps, points = curves(records).get(self.sweep.metric, ((), ()))
     values = {int(t): float(v) for t, v in zip(steps, points) if math.isfinite(v)}
     pick = min if self.sweep.direction == "minimize" else max
     best_step = pick(values, key=values.get) if values else None
     final = final_metric(summary, self.sweep.metric) if summary else None
-    steps_tokens = _last_steps_tokens(os.path.join(self.dir, "metrics.jsonl"))
+    steps_tokens = (max((int(r.get("step", 0)) for r in records), default=0),
+                    max((int(r.get("tokens_seen", 0) or 0) for r in records), default=0))
     devices = int(_devices_of(summary) or self.record.get("devices") or previous.get("devices") or 1)
     cost_rate = (summary or {}).get("compute", {}).get("cost_per_device_hour") or self.record.get("cost_per_device_hour")
     # Device-hours: each attempt's compute summary (devices x that invocation's wall time, as the
@@ -196,14 +198,6 @@ class TrialRun:
     with open(tmp, "w") as f:
       json.dump(record, f, indent=1)
     os.replace(tmp, path)
-
-
-def _last_steps_tokens(metrics_path: str) -> tuple[int, int]:
-  steps, tokens = 0, 0
-  for record in MetricsTail(metrics_path).read():
-    steps = max(steps, int(record.get("step", 0)))
-    tokens = max(tokens, int(record.get("tokens_seen", 0) or 0))
-  return steps, tokens
 
 
 def _devices_of(summary: dict | None) -> int | None:
