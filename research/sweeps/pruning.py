@@ -6,7 +6,10 @@ import optuna
 
 from research.sweeps.space import Sweep
 
-IGNORED_ROLES = ("duplicate", "stray", "lost")   # trials that are not a point's result
+# Trial roles (study.py sets them): a popped copy of a point already held elsewhere, a trial popped
+# after the fixed design ran out, and an attempt whose worker died (its point resumes in a new trial).
+NOT_A_POINT = ("duplicate", "stray")
+LOST = "lost"
 
 
 def make_pruner(sweep: Sweep):
@@ -38,4 +41,4 @@ class _StudyView:
 
   def get_trials(self, deepcopy: bool = True, states=None):
     return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states)
-            if t.user_attrs.get("role") not in IGNORED_ROLES]
+            if t.user_attrs.get("role") not in NOT_A_POINT + (LOST,)]

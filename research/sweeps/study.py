@@ -25,7 +25,7 @@ import time
 import optuna
 
 from research.config import ConfigError
-from research.sweeps.pruning import make_pruner
+from research.sweeps.pruning import LOST, NOT_A_POINT, make_pruner
 from research.sweeps.space import Sweep, trial_id
 from research.train.workdir import owner_alive, this_process
 
@@ -185,7 +185,7 @@ class Coordinator:
       why = (f"its worker (pid {owner.get('pid')}) is gone" if alive is False
              else f"no heartbeat from {owner.get('worker', 'its worker')} for {silent:.0f}s")
       try:
-        self.storage.set_trial_user_attr(t._trial_id, "role", "lost")
+        self.storage.set_trial_user_attr(t._trial_id, "role", LOST)
         self.storage.set_trial_user_attr(t._trial_id, "error", f"worker lost: {why}")
         self.study.tell(t.number, state=optuna.trial.TrialState.FAIL)
       except (ValueError, RuntimeError):   # another worker took it over first
@@ -217,7 +217,7 @@ class Coordinator:
       elif state == "failed":
         self.study.tell(claim.trial, state=states.FAIL)
       else:
-        claim.trial.set_user_attr("role", "lost")
+        claim.trial.set_user_attr("role", LOST)
         self.study.tell(claim.trial, state=states.FAIL)
         self.study.enqueue_trial(claim.params, user_attrs={"trial_id": claim.trial_id, "seed": claim.seed,
                                                            "attempt": claim.attempt + 1,
@@ -267,9 +267,6 @@ class Coordinator:
       self._thread.join(timeout=5)
 
 
-IGNORED_ROLES = ("duplicate", "stray")
-
-
 def _census(trials) -> Census:
   """A RUNNING trial that carries a trial id counts as running whether or not its worker has tagged
   it yet; a COMPLETE or PRUNED one as done even if a takeover raced its finish (role lost)."""
@@ -280,7 +277,7 @@ def _census(trials) -> Census:
       known.add(tid)
     if t.state.name == "WAITING":
       waiting += 1
-    elif not tid or role in IGNORED_ROLES:
+    elif not tid or role in NOT_A_POINT:
       continue
     elif t.state.name == "RUNNING" and role in (None, "run"):
       running.add(tid)
@@ -291,7 +288,7 @@ def _census(trials) -> Census:
 
 def _completed_ids(trials) -> set:
   return {t.user_attrs.get("trial_id") for t in trials
-          if t.state.name in ("COMPLETE", "PRUNED") and t.user_attrs.get("role") not in IGNORED_ROLES}
+          if t.state.name in ("COMPLETE", "PRUNED") and t.user_attrs.get("role") not in NOT_A_POINT}
 
 
 def _runs_elsewhere(trials, tid: str, number: int, sweep: Sweep) -> bool:
@@ -299,7 +296,7 @@ def _runs_elsewhere(trials, tid: str, number: int, sweep: Sweep) -> bool:
   sampled one whose parameters give the id), or it already finished. Copies of a point are popped
   in number order, so the lowest running copy is the one every worker agrees on."""
   for t in trials:
-    if t.number == number or t.user_attrs.get("role") in IGNORED_ROLES + ("lost",):
+    if t.number == number or t.user_attrs.get("role") in NOT_A_POINT + (LOST,):
       continue
     other = t.user_attrs.get("trial_id") or (trial_id(t.params, sweep.seeds[0]) if t.params else None)
     if other != tid:
@@ -314,6 +311,6 @@ def trial_records(study) -> dict:
   out = {}
   for t in study.get_trials(deepcopy=False):
     tid = t.user_attrs.get("trial_id")
-    if tid and t.user_attrs.get("role") in ("run", "lost") and (tid not in out or t.number > out[tid].number):
+    if tid and t.user_attrs.get("role") in ("run", LOST) and (tid not in out or t.number > out[tid].number):
       out[tid] = t
   return out
