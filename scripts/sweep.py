@@ -112,11 +112,12 @@ def run(sweep) -> int:
 def dry_run(sweep) -> int:
   from research.sweeps.shapes import format_plans, plan_shapes, trial_shapes
   from research.sweeps.space import check_keys
-  from research.sweeps.worker import base_config_of, resolve_base
+  from research.config.cli import load_experiment
+  from research.sweeps.worker import resolve_base
   workdir = FLAGS.workdir or os.path.join("/tmp", f"sweep-dry-run-{sweep.name}")
   os.makedirs(workdir, exist_ok=True)
   spec = resolve_base(sweep, FLAGS.sweep, workdir)
-  base = base_config_of(spec)
+  base = load_experiment(spec)
   check_keys(sweep, base, FLAGS.sweep)
   shapes = trial_shapes(sweep, base)
   plans = plan_shapes(spec, shapes, FLAGS.target, FLAGS.target_slices, FLAGS.target_devices,

@@ -16,6 +16,7 @@ import sys
 import threading
 
 from research.config import ConfigError
+from research.config.cli import load_experiment
 from research.sweeps import devices as devices_lib
 from research.sweeps.space import Sweep, check_keys, config_flags, trial_overrides
 from research.sweeps.storage import open_storage
@@ -55,12 +56,7 @@ def resolve_base(sweep: Sweep, sweep_path: str, workdir: str) -> str:
     if os.path.isfile(candidate):
       return os.path.abspath(candidate) + sep + variant
   raise ConfigError(f"{sweep_path}: base={sweep.base!r}: no such experiment file (looked in the working "
-                    f"directory and {ROOT})")
-
-
-def base_config_of(spec: str):
-  from research.config.cli import load_experiment
-  return load_experiment(spec)
+                    f"directory, {ROOT} and the sweep file's directory)")
 
 
 class Worker:
@@ -68,7 +64,7 @@ class Worker:
     self.sweep, self.workdir, self.options, self.log, self.gang = sweep, os.path.abspath(workdir), options, log, gang
     os.makedirs(self.workdir, exist_ok=True)
     self.base_spec = resolve_base(sweep, sweep_path, self.workdir)
-    self.base = base_config_of(self.base_spec)
+    self.base = load_experiment(self.base_spec)
     check_keys(sweep, self.base, sweep_path)
     self.stop_event = threading.Event()
     self.storage_failed = False
